@@ -1,0 +1,211 @@
+"""Block codecs. Each codec is a frozen dataclass whose ``name`` is written into every block it
+encodes and never changes; decoding looks the name up in ``REGISTRY``.
+
+A stored block (a *data object*) is ``header + body``; the header names the codec, the dtype,
+the decoded length, the delta depth and (for deltas) the id of the base block. Its object id is
+the xxh3-128 of the decoded bytes, so identical content is stored once whatever its encoding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Callable, ClassVar, Optional
+
+import numpy as np
+
+from ..dtypes import DType, lookup
+from . import planes, transforms, zstd
+
+MAGIC = b"CB\x01"
+_Q = struct.Struct("<QB")
+
+
+class Codec:
+    name: ClassVar[str]
+    is_delta: ClassVar[bool] = False
+    lossy: ClassVar[bool] = False
+
+    def encode(self, raw: np.ndarray, dt: DType, base: Optional[np.ndarray], level: int) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, body, dt: DType, raw_len: int, base: Optional[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _width(dt: DType, n: int) -> int:
+    w = dt.lane or dt.itemsize
+    return w if w > 1 and n % w == 0 else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Raw(Codec):
+    name: ClassVar[str] = "raw"
+
+    def encode(self, raw, dt, base, level):
+        return raw.tobytes()
+
+    def decode(self, body, dt, raw_len, base):
+        return np.frombuffer(body, dtype=np.uint8).copy()
+
+
+@dataclasses.dataclass(frozen=True)
+class Zstd(Codec):
+    name: ClassVar[str] = "zstd"
+
+    def encode(self, raw, dt, base, level):
+        return zstd.compress(raw, level)
+
+    def decode(self, body, dt, raw_len, base):
+        return np.frombuffer(zstd.decompress(body, raw_len), dtype=np.uint8).copy()
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanesZstd(Codec):
+    """Keyframe: byte planes, each zstd-compressed or raw."""
+
+    name: ClassVar[str] = "planes-zstd"
+
+    def encode(self, raw, dt, base, level):
+        return planes.encode(raw, _width(dt, raw.size), level)
+
+    def decode(self, body, dt, raw_len, base):
+        return planes.decode(body, raw_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DeltaPlanes(Codec):
+    is_delta: ClassVar[bool] = True
+    forward: ClassVar[Callable]
+    inverse: ClassVar[Callable]
+
+    def encode(self, raw, dt, base, level):
+        w = _width(dt, raw.size)
+        d = type(self).forward(raw, base, w)
+        return planes.encode(d, w, level)
+
+    def decode(self, body, dt, raw_len, base):
+        w = _width(dt, raw_len)
+        d = planes.decode(body, raw_len)
+        return type(self).inverse(d, base, w)
+
+
+@dataclasses.dataclass(frozen=True)
+class XorPlanesZstd(_DeltaPlanes):
+    """new XOR base, byte planes, zstd."""
+
+    name: ClassVar[str] = "xor-planes-zstd"
+    forward = staticmethod(transforms.xor_delta)
+    inverse = staticmethod(transforms.xor_undo)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubPlanesZstd(_DeltaPlanes):
+    """zigzag(ordered(new) - ordered(base)), byte planes, zstd."""
+
+    name: ClassVar[str] = "osub-planes-zstd"
+    forward = staticmethod(transforms.sub_delta)
+    inverse = staticmethod(transforms.sub_undo)
+
+
+REGISTRY: dict[str, Codec] = {c.name: c for c in (
+    Raw(), Zstd(), PlanesZstd(), XorPlanesZstd(), SubPlanesZstd())}
+
+
+def register(codec: Codec) -> None:
+    REGISTRY[codec.name] = codec
+
+
+# -- the stored block format -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BlockHeader:
+    codec: str
+    dtype: str
+    raw_len: int
+    depth: int
+    base: Optional[str]
+    body_offset: int
+
+
+def pack_header(codec: str, dtype: str, raw_len: int, depth: int, base: Optional[str]) -> bytes:
+    b = (base or "").encode()
+    c = codec.encode()
+    d = dtype.encode()
+    return b"".join([MAGIC, bytes([len(c)]), c, bytes([len(d)]), d, _Q.pack(raw_len, depth),
+                     bytes([len(b)]), b])
+
+
+def parse_header(payload) -> BlockHeader:
+    mv = memoryview(payload)
+    if bytes(mv[:3]) != MAGIC:
+        raise ValueError("not a corafs block (bad magic)")
+    p = 3
+    n = mv[p]; codec = bytes(mv[p + 1:p + 1 + n]).decode(); p += 1 + n
+    n = mv[p]; dtype = bytes(mv[p + 1:p + 1 + n]).decode(); p += 1 + n
+    raw_len, depth = _Q.unpack_from(mv, p); p += _Q.size
+    n = mv[p]; base = bytes(mv[p + 1:p + 1 + n]).decode() or None; p += 1 + n
+    return BlockHeader(codec, dtype, raw_len, depth, base, p)
+
+
+def encode_block(raw: np.ndarray, dtype: str, level: int, base: Optional[np.ndarray] = None,
+                 base_id: Optional[str] = None, base_depth: int = 0, max_depth: int = 8,
+                 codec: Optional[str] = None) -> tuple[bytes, str, int]:
+    """Encode one block; return ``(payload, codec name, depth)``.
+
+    Without ``codec``, picks the smallest of keyframe / XOR delta / ordered-sub delta, judged
+    cheaply on a sample, and keeps a delta only if it beats the keyframe."""
+    dt = lookup(dtype)
+    usable = (base is not None and base_id is not None and dt.is_float
+              and base.size == raw.size and base_depth < max_depth)
+    if codec is None:
+        if raw.size == 0:
+            codec = "raw"
+        elif not usable:
+            codec = "planes-zstd" if dt.kind != "b" else "zstd"
+        else:
+            codec = _choose(raw, dt, base)
+    c = REGISTRY[codec]
+    if not c.is_delta:
+        body = c.encode(raw, dt, None, level)
+        if len(body) >= raw.size and codec != "raw":
+            codec, body = "raw", raw.tobytes()
+        return pack_header(codec, dtype, raw.size, 0, None) + body, codec, 0
+    body = c.encode(raw, dt, base, level)
+    if len(body) >= raw.size:   # a delta that does not pay: fall back to a keyframe
+        return encode_block(raw, dtype, level)
+    return pack_header(codec, dtype, raw.size, base_depth + 1, base_id) + body, codec, base_depth + 1
+
+
+_SAMPLE = 64 << 10
+
+
+def _sample(a: np.ndarray, w: int) -> np.ndarray:
+    if a.size <= 4 * _SAMPLE:
+        return a
+    step = (a.size // 4) // w * w
+    return np.concatenate([a[i * step:i * step + _SAMPLE] for i in range(4)])
+
+
+def _choose(raw: np.ndarray, dt: DType, base: np.ndarray) -> str:
+    w = _width(dt, raw.size)
+    r, b = _sample(raw, w), _sample(base, w)
+    sizes = {"planes-zstd": len(planes.encode(r, w, 1))}
+    for name in ("xor-planes-zstd", "osub-planes-zstd"):
+        sizes[name] = len(REGISTRY[name].encode(r, dt, b, 1))
+    # a delta must beat the keyframe by a margin to be worth its decode cost
+    best = min(sizes, key=sizes.get)
+    if best != "planes-zstd" and sizes[best] > 0.97 * sizes["planes-zstd"]:
+        best = "planes-zstd"
+    return best
+
+
+def decode_block(payload, get_base: Callable[[str], np.ndarray]) -> np.ndarray:
+    """Decode a stored block to its raw bytes; ``get_base(id)`` supplies a delta's base."""
+    h = parse_header(payload)
+    c = REGISTRY.get(h.codec)
+    if c is None:
+        raise ValueError(f"unknown codec {h.codec!r}")
+    base = get_base(h.base) if c.is_delta else None
+    out = c.decode(memoryview(payload)[h.body_offset:], lookup(h.dtype), h.raw_len, base)
+    if out.size != h.raw_len:
+        raise ValueError(f"decoded {out.size} bytes, header says {h.raw_len}")
+    return out

@@ -1,0 +1,63 @@
+"""Byte-plane split + zstd (the ZipNN idea): the bytes of each element position are grouped so
+exponent bytes (very compressible) are apart from mantissa bytes (nearly random). Each plane is
+compressed on its own and kept raw when compression does not pay."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from . import zstd
+
+_PLANE = struct.Struct("<BQ")   # mode (0 raw, 1 zstd), length
+RAW, ZSTD = 0, 1
+
+
+def split(buf, width: int) -> list[np.ndarray]:
+    a = np.frombuffer(buf, dtype=np.uint8)
+    if width == 1:
+        return [a]
+    m = a.reshape(-1, width)
+    return [np.ascontiguousarray(m[:, j]) for j in range(width)]
+
+
+def encode(buf, width: int, level: int) -> bytes:
+    """``buf``'s length must be a multiple of ``width``."""
+    out = [bytes([width])]
+    for plane in split(buf, width):
+        if plane.size == 0:
+            out.append(_PLANE.pack(RAW, 0))
+            continue
+        z = zstd.compress(plane, level)
+        if len(z) < plane.size * 0.98:
+            out += [_PLANE.pack(ZSTD, len(z)), z]
+        else:
+            out += [_PLANE.pack(RAW, plane.size), plane.tobytes()]
+    return b"".join(out)
+
+
+def decode(body, raw_len: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode into a uint8 array of ``raw_len`` bytes (``out`` if given, reused)."""
+    mv = memoryview(body)
+    width = mv[0]
+    if out is None:
+        out = np.empty(raw_len, dtype=np.uint8)
+    n = raw_len // width if width else 0
+    grid = out.reshape(-1, width) if width > 1 else None
+    pos = 1
+    for j in range(width):
+        mode, ln = _PLANE.unpack_from(mv, pos)
+        pos += _PLANE.size
+        chunk = mv[pos:pos + ln]
+        pos += ln
+        if mode == ZSTD:
+            plane = np.frombuffer(zstd.decompress(chunk, n), dtype=np.uint8)
+        else:
+            plane = np.frombuffer(chunk, dtype=np.uint8)
+        if plane.size != n:
+            raise ValueError(f"plane {j} holds {plane.size} bytes, expected {n}")
+        if grid is None:
+            out[:] = plane
+        else:
+            grid[:, j] = plane
+    return out

@@ -1,0 +1,34 @@
+"""Thread-local zstd contexts (a ZstdCompressor must not be shared between threads)."""
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+_local = threading.local()
+
+
+def compress(data, level: int) -> bytes:
+    cs = getattr(_local, "c", None)
+    if cs is None:
+        cs = _local.c = {}
+    c = cs.get(level)
+    if c is None:
+        c = cs[level] = zstandard.ZstdCompressor(level=level)
+    return c.compress(data)
+
+
+def decompress(data, size: int) -> bytes:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d.decompress(data, max_output_size=size)
+
+
+def decompress_into(data, out) -> None:
+    """Decompress a frame straight into ``out`` (a writable buffer of the exact size)."""
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    res = d.decompress(data, max_output_size=memoryview(out).nbytes)
+    memoryview(out).cast("B")[:len(res)] = res

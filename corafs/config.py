@@ -1,0 +1,36 @@
+"""Every tuning constant in one place. A Repository carries one ``Tuning``; tests and
+benchmarks override fields rather than patching module globals."""
+from __future__ import annotations
+
+import dataclasses
+
+MiB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    #: tensors are cut into blocks of this many bytes; each block is encoded on its own so a
+    #: read decodes only the blocks it touches.
+    block_size: int = 4 * MiB
+    #: non-tensor bytes of a checkpoint (headers, pickle, zip records) are concatenated and cut
+    #: into chunks of at most this size.
+    skeleton_chunk: int = 1 * MiB
+    #: opaque files are cut into fixed chunks of this size (dedup unit).
+    opaque_chunk: int = 4 * MiB
+    #: a pack file is closed once it holds this many bytes; a commit closes its last pack.
+    pack_target: int = 1024 * MiB
+    #: zstd level for keyframes and deltas.
+    zstd_level: int = 3
+    #: zstd level for metadata objects (small JSON).
+    meta_zstd_level: int = 9
+    #: longest delta chain; a block deeper than this is stored as a keyframe.
+    max_delta_depth: int = 8
+    #: worker threads for hashing / encoding / decoding (numpy and zstd release the GIL).
+    workers: int = 2
+    #: bytes of decoded blocks kept by a Repository's read cache.
+    block_cache_bytes: int = 256 * MiB
+    #: open HDF5 pack handles kept at once.
+    open_packs: int = 64
+
+
+DEFAULT = Tuning()

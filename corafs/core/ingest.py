@@ -1,0 +1,214 @@
+"""Ingest: turn a file into a recipe (file manifest) plus data objects, streaming.
+
+The file is read once, front to back. Non-tensor bytes go to a *skeleton* stream cut into
+chunks; each tensor is cut into fixed-size blocks. Every block/chunk is hashed (xxh3-128); one
+already stored is not encoded again (dedup), a new one is encoded in a worker thread, as a
+delta against the matching block of a reference tensor when one is known and that pays. At most
+``2 * workers`` blocks are in flight, so memory is bounded by a few blocks whatever the size.
+The sha256 of the whole file is computed on the way and recorded."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import codecs, formats
+from ..formats import Layout
+from .objects import data_id, tensor_hasher
+
+#: encoding chosen for skeleton / opaque chunks
+_CHUNK_DTYPE = "U8"
+
+
+@dataclasses.dataclass
+class IngestResult:
+    entry: dict           # the tree entry: kind, id, size, sha256, format
+    manifest: dict
+    reason: Optional[str]  # why the file was not parsed as a checkpoint, if it looked like one
+    new_bytes: int        # encoded bytes this file added to the store
+
+
+class Ingestor:
+    """Ingests files into one ObjectWriter. Not thread-safe itself; uses a worker pool."""
+
+    def __init__(self, repo, writer, pool: ThreadPoolExecutor,
+                 on_progress: Optional[Callable[[int], None]] = None, lossy: Optional[str] = None):
+        self.repo = repo
+        self.store = repo.store
+        self.writer = writer
+        self.pool = pool
+        self.t = repo.tuning
+        self.on_progress = on_progress or (lambda n: None)
+        self.lossy = lossy
+        self._inflight: "collections.deque[Future]" = collections.deque()
+        self._submitted: dict[str, Future] = {}
+        self._new_bytes = 0
+        self._lock = threading.Lock()
+
+    # -- public ------------------------------------------------------------------------------
+    def ingest_path(self, path: str, name: str, ref: Optional[dict]) -> IngestResult:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            return self.ingest(f, name, size, ref)
+
+    def ingest(self, f, name: str, size: int, ref: Optional[dict]) -> IngestResult:
+        """``ref``: the previous version's file manifest (for delta references), or None."""
+        layout = formats.detect(f, name, size)
+        self._new_bytes = 0
+        sha = hashlib.sha256()
+        chunk = self.t.opaque_chunk if layout.format == "opaque" else self.t.skeleton_chunk
+        skel = _Skeleton(chunk)
+        extents: list[list] = []
+        ref_tensors = self.repo.reference_tensors(ref) if ref else {}
+        tensors = []
+        f.seek(0)
+        pos = 0
+        for span in layout.spans:
+            if span.offset > pos:
+                self._skeleton(f, span.offset - pos, sha, skel, extents)
+            tensors.append(self._tensor(f, span, sha, extents, ref_tensors.get(span.name)))
+            pos = span.offset + span.nbytes
+        if size > pos:
+            self._skeleton(f, size - pos, sha, skel, extents)
+        self._flush_chunk(skel)
+        self._drain()
+        self._finish_tensors(tensors)
+        # resolve skeleton placeholders to chunk ids
+        for e in extents:
+            if isinstance(e[1], int):
+                e[1] = skel.ids[e[1]]
+        manifest = {
+            "type": "file", "format": layout.format, "size": size,
+            "sha256": sha.hexdigest(), "reason": layout.reason,
+            "extents": {"len": [e[0] for e in extents], "obj": [e[1] for e in extents],
+                        "off": [e[2] for e in extents]},
+            "tensors": tensors,
+            "views": [[v.name, v.dtype, list(v.shape), v.span, v.storage_offset]
+                      for v in layout.views],
+        }
+        fid = self.repo.put_meta(self.writer, manifest)
+        entry = {"kind": "file", "id": fid, "size": size, "sha256": manifest["sha256"],
+                 "format": layout.format}
+        return IngestResult(entry, manifest, layout.reason, self._new_bytes)
+
+    # -- skeleton / opaque bytes --------------------------------------------------------------
+    def _skeleton(self, f, n: int, sha, skel: "_Skeleton", extents) -> None:
+        while n > 0:
+            room = skel.size - len(skel.buf)
+            take = min(n, room)
+            data = _read_exact(f, take)
+            sha.update(data)
+            extents.append([take, len(skel.ids), len(skel.buf)])
+            skel.buf += data
+            n -= take
+            self.on_progress(take)
+            if len(skel.buf) >= skel.size:
+                self._flush_chunk(skel)
+
+    def _flush_chunk(self, skel: "_Skeleton") -> None:
+        if not skel.buf:
+            return
+        arr = np.frombuffer(bytes(skel.buf), dtype=np.uint8)
+        oid = data_id(arr)
+        skel.ids.append(oid)
+        skel.buf = bytearray()
+        self._submit(oid, arr, _CHUNK_DTYPE, None)
+
+    # -- tensors --------------------------------------------------------------------------------
+    def _tensor(self, f, span, sha, extents, ref: Optional[dict]) -> dict:
+        bs = self.t.block_size
+        h = tensor_hasher(span.dtype, span.shape)
+        blocks = []
+        usable_ref = (ref is not None and ref["dtype"] == span.dtype
+                      and ref["nbytes"] == span.nbytes and ref["block_size"] == bs)
+        for i, off in enumerate(range(0, span.nbytes, bs)):
+            n = min(bs, span.nbytes - off)
+            buf = np.empty(n, dtype=np.uint8)
+            got = f.readinto(memoryview(buf))
+            if got != n:
+                raise OSError(f"file changed while reading (short read at {span.offset + off})")
+            sha.update(buf)
+            h.update(buf)
+            oid = data_id(buf)
+            base = ref["blocks"][i] if usable_ref else None
+            self._submit(oid, buf, span.dtype, base)
+            blocks.append(oid)
+            extents.append([n, oid, 0])
+            self.on_progress(n)
+        tid = h.hexdigest()
+        return {"name": span.name, "dtype": span.dtype, "shape": list(span.shape),
+                "offset": span.offset, "nbytes": span.nbytes, "id": tid,
+                "_blocks": blocks, "_ref": ref}
+
+    # -- encoding ---------------------------------------------------------------------------------
+    def _submit(self, oid: str, buf: np.ndarray, dtype: str, base) -> None:
+        """Encode and store ``buf`` unless it is stored or already on its way."""
+        if oid in self._submitted or self.writer.has(oid) or self.store.has(oid):
+            return
+        while len(self._inflight) >= 2 * self.t.workers:
+            self._inflight.popleft().result()
+        fut = self.pool.submit(self._encode, oid, buf, dtype, base)
+        self._submitted[oid] = fut
+        self._inflight.append(fut)
+
+    def _encode(self, oid: str, buf: np.ndarray, dtype: str, base) -> tuple[str, int]:
+        base_raw = base_id = None
+        depth = 0
+        if base is not None and base[0] != oid:
+            base_id, depth = base[0], base[1]
+            try:
+                base_raw = self.repo.decoder.raw(base_id)
+            except Exception:   # an unreadable reference only costs compression
+                base_raw = base_id = None
+        payload, codec, d = codecs.encode_block(buf, dtype, self.t.zstd_level, base_raw, base_id,
+                                                depth, self.t.max_delta_depth)
+        self.writer.put(oid, payload)
+        with self._lock:
+            self._new_bytes += len(payload)
+        return codec, d
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._inflight.popleft().result()
+
+    def _finish_tensors(self, tensors: list[dict]) -> None:
+        """Write the tensor manifests of an ingested file (needs the encode results)."""
+        for t in tensors:
+            blocks = t.pop("_blocks")
+            ref = t.pop("_ref")
+            if self.writer.has(t["id"]) or self.store.has(t["id"]):
+                continue
+            ref_depth = {b[0]: (b[1], b[2]) for b in ref["blocks"]} if ref else {}
+            rows = []
+            for oid in blocks:
+                fut = self._submitted.get(oid)
+                if fut is not None:
+                    codec, depth = fut.result()
+                elif oid in ref_depth:
+                    depth, codec = ref_depth[oid]
+                else:
+                    codec, depth = self.repo.block_info(oid)
+                rows.append([oid, depth, codec])
+            tm = {"type": "tensor", "dtype": t["dtype"], "shape": t["shape"],
+                  "nbytes": t["nbytes"], "block_size": self.t.block_size, "blocks": rows}
+            self.repo.put_tensor_manifest(self.writer, t["id"], tm)
+
+
+class _Skeleton:
+    def __init__(self, size: int):
+        self.size = size
+        self.buf = bytearray()
+        self.ids: list[str] = []
+
+
+def _read_exact(f, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise OSError("file changed while reading (short read)")
+    return data

@@ -1,0 +1,470 @@
+"""The Repository: one core shared by the CLI, the mount and the Python API.
+
+It knows objects, trees, commits, refs and revisions, and it commits changes atomically: all
+objects are written and made durable first, then the branch ref is moved by compare-and-swap.
+If the ref moved meanwhile, the change set (paths -> new entries) is re-applied onto the new
+head and the swap retried, so concurrent writers never lose a commit."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import getpass
+import json
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Optional
+
+from .. import codecs
+from ..config import DEFAULT, Tuning
+from ..errors import (AmbiguousRevision, CorafsError, InvalidName, NotARepository, NotFound,
+                      RefConflict, RefExists, RepositoryExists)
+from ..store import LocalStore, ObjectStore
+from . import revparse, tree
+from .ingest import Ingestor, IngestResult
+from .objects import canonical, decode_meta, encode_meta, meta_id
+from .reader import BlockCache, Decoder, FileReader
+
+CONFIG = "corafs.json"
+FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Commit:
+    id: str
+    tree: str
+    parents: tuple
+    author: str
+    message: str
+    time_ns: int
+    lossy: bool = False
+
+    @property
+    def time(self) -> float:
+        return self.time_ns / 1e9
+
+
+@dataclasses.dataclass
+class CommitResult:
+    commit: Optional[str]           # None if nothing changed
+    files: list[tuple[str, IngestResult]]
+    retries: int = 0
+
+
+class Repository:
+    def __init__(self, path: str, tuning: Tuning = DEFAULT, store: Optional[ObjectStore] = None):
+        self.path = os.path.abspath(path)
+        cfg = os.path.join(self.path, CONFIG)
+        if not os.path.isfile(cfg):
+            raise NotARepository(path)
+        try:
+            with open(cfg) as f:
+                self.config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise NotARepository(f"{path} ({e})") from None
+        if self.config.get("format") != FORMAT:
+            raise NotARepository(f"{path} (unsupported format {self.config.get('format')})")
+        self.tuning = tuning
+        self.store = store if store is not None else LocalStore(self.path, tuning)
+        self.cache = BlockCache(tuning.block_cache_bytes)
+        self.decoder = Decoder(self.store, self.cache)
+        self._meta: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
+        self._meta_lock = threading.Lock()
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str, default_branch: str = "main", author: Optional[str] = None,
+             tuning: Tuning = DEFAULT) -> "Repository":
+        revparse.check_ref_name(default_branch)
+        if os.path.exists(os.path.join(path, CONFIG)):
+            raise RepositoryExists(path)
+        if os.path.isdir(path) and os.listdir(path):
+            raise RepositoryExists(f"{path} (directory is not empty)")
+        os.makedirs(path, exist_ok=True)
+        LocalStore.create(path, tuning).close()
+        cfg = {"format": FORMAT, "default_branch": default_branch, "author": author}
+        with open(os.path.join(path, CONFIG), "w") as f:
+            json.dump(cfg, f, indent=2)
+        repo = cls(path, tuning)
+        with repo.store.writer() as w:
+            tid = repo.put_meta(w, tree.empty_tree())
+            cid = repo._put_commit(w, tid, [], "Initialize repository", repo.default_author())
+        repo.store.cas_ref(f"heads/{default_branch}", None, cid)
+        return repo
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.tuning.workers, thread_name_prefix="corafs")
+        return self._pool
+
+    @property
+    def default_branch(self) -> str:
+        return self.config.get("default_branch", "main")
+
+    def default_author(self) -> str:
+        return (os.environ.get("CORAFS_AUTHOR") or self.config.get("author")
+                or f"{getpass.getuser()}@{socket.gethostname()}")
+
+    # -- objects ----------------------------------------------------------------------------
+    def put_meta(self, writer, obj: dict) -> str:
+        canon = canonical(obj)
+        oid = meta_id(canon)
+        if not writer.has(oid) and not self.store.has(oid):
+            writer.put(oid, encode_meta(canon, self.tuning.meta_zstd_level))
+        return oid
+
+    def get_meta(self, oid: str) -> dict:
+        with self._meta_lock:
+            obj = self._meta.get(oid)
+            if obj is not None:
+                self._meta.move_to_end(oid)
+                return obj
+        obj = decode_meta(oid, self.store.get(oid))
+        with self._meta_lock:
+            self._meta[oid] = obj
+            while len(self._meta) > 8192:
+                self._meta.popitem(last=False)
+        return obj
+
+    def put_tensor_manifest(self, writer, tid: str, manifest: dict) -> None:
+        writer.put(tid, encode_meta(canonical(manifest), self.tuning.meta_zstd_level))
+
+    def tensor_manifest(self, tid: str) -> dict:
+        from .objects import META_MAGIC
+        from ..codecs import zstd
+        payload = memoryview(self.store.get(tid))
+        if bytes(payload[:3]) != META_MAGIC:
+            raise CorafsError(f"object {tid} is not a tensor manifest")
+        return json.loads(zstd.decompress(payload[3:], 1 << 31))
+
+    def block_info(self, oid: str) -> tuple[str, int]:
+        """(codec, delta depth) of a stored block, from its header alone."""
+        h = codecs.parse_header(self.store.get_range(oid, 0, 600))
+        return h.codec, h.depth
+
+    def reference_tensors(self, file_manifest: dict) -> dict[str, dict]:
+        """Tensor manifests of a file version by tensor name: the default delta references."""
+        out = {}
+        for t in file_manifest.get("tensors", []):
+            try:
+                out[t["name"]] = self.tensor_manifest(t["id"])
+            except CorafsError:
+                continue
+        return out
+
+    # -- refs -------------------------------------------------------------------------------
+    def branches(self) -> dict[str, str]:
+        return {k[len("heads/"):]: v for k, v in self.store.list_refs("heads/").items()}
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> commit id (annotated tags peeled)."""
+        return {k[len("tags/"):]: self._peel(v) for k, v in self.store.list_refs("tags/").items()}
+
+    def tag_info(self, name: str) -> dict:
+        oid = self.store.get_ref(f"tags/{name}")
+        if oid is None:
+            raise NotFound("tag", name)
+        return self.get_meta(oid)
+
+    def _peel(self, oid: str) -> str:
+        obj = self.get_meta(oid)
+        return obj["commit"] if obj.get("type") == "tag" else oid
+
+    def head(self, branch: str) -> str:
+        cid = self.store.get_ref(f"heads/{branch}")
+        if cid is None:
+            raise NotFound("branch", branch)
+        return cid
+
+    def create_branch(self, name: str, rev: Optional[str] = None) -> str:
+        revparse.check_ref_name(name)
+        cid = self.resolve(rev or self.default_branch)
+        try:
+            self.store.cas_ref(f"heads/{name}", None, cid)
+        except RefConflict:
+            raise RefExists(f"branch {name}") from None
+        return cid
+
+    def delete_branch(self, name: str) -> None:
+        if name == self.default_branch:
+            raise CorafsError(f"cannot delete the default branch {name}")
+        cid = self.head(name)
+        self.store.cas_ref(f"heads/{name}", cid, None)
+
+    def create_tag(self, name: str, rev: Optional[str] = None, message: str = "") -> str:
+        revparse.check_ref_name(name, "tag")
+        cid = self.resolve(rev or self.default_branch)
+        with self.store.writer() as w:
+            oid = self.put_meta(w, {"type": "tag", "name": name, "commit": cid,
+                                    "message": message, "tagger": self.default_author(),
+                                    "time_ns": time.time_ns()})
+        try:
+            self.store.cas_ref(f"tags/{name}", None, oid)
+        except RefConflict:
+            raise RefExists(f"tag {name}") from None
+        return cid
+
+    def delete_tag(self, name: str) -> None:
+        oid = self.store.get_ref(f"tags/{name}")
+        if oid is None:
+            raise NotFound("tag", name)
+        self.store.cas_ref(f"tags/{name}", oid, None)
+
+    # -- commits and revisions ------------------------------------------------------------------
+    def commit_obj(self, cid: str) -> Commit:
+        o = self.get_meta(cid)
+        if o.get("type") != "commit":
+            raise NotFound("commit", cid)
+        return Commit(cid, o["tree"], tuple(o["parents"]), o["author"], o["message"],
+                      o["time_ns"], o.get("lossy", False))
+
+    def _put_commit(self, writer, tree_id, parents, message, author, lossy=False) -> str:
+        obj = {"type": "commit", "tree": tree_id, "parents": list(parents), "author": author,
+               "message": message, "time_ns": time.time_ns()}
+        if lossy:
+            obj["lossy"] = True
+        return self.put_meta(writer, obj)
+
+    def all_commits(self) -> set[str]:
+        """Every commit reachable from a branch or tag."""
+        seen: set[str] = set()
+        stack = list(self.branches().values()) + list(self.tags().values())
+        while stack:
+            c = stack.pop()
+            if c in seen:
+                continue
+            seen.add(c)
+            stack.extend(self.commit_obj(c).parents)
+        return seen
+
+    def resolve(self, rev: str) -> str:
+        """A revision string to a full commit id."""
+        base, ops = revparse.split(rev)
+        cid = self._resolve_name(base)
+        for op, n in ops:
+            if op == "~":
+                for _ in range(n):
+                    parents = self.commit_obj(cid).parents
+                    if not parents:
+                        raise NotFound("revision", rev)
+                    cid = parents[0]
+            else:
+                parents = self.commit_obj(cid).parents
+                if n == 0:
+                    continue
+                if len(parents) < n:
+                    raise NotFound("revision", rev)
+                cid = parents[n - 1]
+        return cid
+
+    def _resolve_name(self, name: str) -> str:
+        cid = self.store.get_ref(f"heads/{name}")
+        if cid is not None:
+            return cid
+        tag = self.store.get_ref(f"tags/{name}")
+        if tag is not None:
+            return self._peel(tag)
+        if revparse.is_hex_prefix(name):
+            if len(name) == 64 and self.store.has(name):
+                return name
+            matches = sorted(c for c in self.all_commits() if c.startswith(name))
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise AmbiguousRevision(name, matches)
+        raise NotFound("revision", name)
+
+    def log(self, rev: Optional[str] = None, limit: Optional[int] = None) -> list[Commit]:
+        """Commits reachable from ``rev``, newest first."""
+        start = self.resolve(rev or self.default_branch)
+        out, seen = [], set()
+        frontier = [self.commit_obj(start)]
+        while frontier and (limit is None or len(out) < limit):
+            frontier.sort(key=lambda c: c.time_ns)
+            c = frontier.pop()
+            if c.id in seen:
+                continue
+            seen.add(c.id)
+            out.append(c)
+            frontier.extend(self.commit_obj(p) for p in c.parents if p not in seen)
+        return out
+
+    def first_parent_history(self, rev: str) -> list[Commit]:
+        """The first-parent chain of ``rev``, oldest first."""
+        out = []
+        cid: Optional[str] = self.resolve(rev)
+        while cid is not None:
+            c = self.commit_obj(cid)
+            out.append(c)
+            cid = c.parents[0] if c.parents else None
+        out.reverse()
+        return out
+
+    def ancestors(self, cid: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [cid]
+        while stack:
+            c = stack.pop()
+            if c not in seen:
+                seen.add(c)
+                stack.extend(self.commit_obj(c).parents)
+        return seen
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        return a in self.ancestors(b)
+
+    def merge_base(self, a: str, b: str) -> Optional[str]:
+        ca, cb = self.resolve(a), self.resolve(b)
+        common = self.ancestors(ca) & self.ancestors(cb)
+        if not common:
+            return None
+        best = set(common)
+        for c in common:
+            for p in self.commit_obj(c).parents:
+                best -= self.ancestors(p)
+        return max(best, key=lambda c: self.commit_obj(c).time_ns)
+
+    # -- trees and files ------------------------------------------------------------------------
+    def entry(self, cid: str, path: str = "") -> dict:
+        return tree.lookup(self, self.commit_obj(cid).tree, path)
+
+    def resolve_path(self, spec: str) -> tuple[str, str, dict]:
+        """``REV[:PATH]`` -> (commit id, path, entry)."""
+        rev, path = revparse.split_path(spec)
+        cid = self.resolve(rev)
+        return cid, path, self.entry(cid, path)
+
+    def listdir(self, cid: str, path: str = "") -> dict[str, dict]:
+        e = self.entry(cid, path)
+        if e["kind"] != "dir":
+            raise CorafsError(f"not a directory: {path}")
+        return self.get_meta(e["id"])["entries"]
+
+    def walk(self, cid: str, path: str = "") -> Iterator[tuple[str, dict]]:
+        e = self.entry(cid, path)
+        if e["kind"] == "dir":
+            yield from tree.walk(self, e["id"])
+        else:
+            yield os.path.basename(path), e
+
+    def open_file(self, entry_or_id) -> FileReader:
+        fid = entry_or_id["id"] if isinstance(entry_or_id, dict) else entry_or_id
+        return FileReader(self.decoder, self.get_meta(fid))
+
+    def read_file(self, spec: str) -> bytes:
+        _, path, e = self.resolve_path(spec)
+        if e["kind"] != "file":
+            raise CorafsError(f"not a file: {spec}")
+        r = self.open_file(e)
+        return r.read(0, r.size)
+
+    # -- writing --------------------------------------------------------------------------------
+    def commit(self, branch: str, files: dict[str, str] | None = None,
+               deletes: Iterable[str] = (), mkdirs: Iterable[str] = (),
+               message: Optional[str] = None, author: Optional[str] = None,
+               lossy: Optional[str] = None, parent: Optional[str] = None,
+               on_progress: Optional[Callable[[int], None]] = None,
+               entries: Optional[dict[str, dict]] = None) -> CommitResult:
+        """Commit local files (``dest path -> local path``), deletions and new directories to
+        ``branch``. Returns the new commit (None when nothing changed)."""
+        files = dict(files or {})
+        head = parent or self.head(branch)
+        head_tree = self.commit_obj(head).tree
+        results: list[tuple[str, IngestResult]] = []
+        changes: dict[str, Optional[dict]] = {}
+        with self.store.writer() as w:
+            ing = Ingestor(self, w, self.pool, on_progress, lossy)
+            for dest, src in files.items():
+                tree.split_path(dest)
+                ref = self._previous_manifest(head_tree, dest)
+                res = ing.ingest_path(src, os.path.basename(dest), ref)
+                results.append((dest, res))
+                changes[dest] = res.entry
+        for dest, e in (entries or {}).items():
+            changes[dest] = e
+        for p in deletes:
+            changes[p] = tree.DELETE
+        for p in mkdirs:
+            changes[p] = tree.MKDIR
+        if message is None:
+            message = describe_changes(self, head_tree, changes)
+        cid, retries = self.commit_changes(branch, changes, message, author, head, lossy=bool(lossy))
+        return CommitResult(cid, results, retries)
+
+    def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,
+                       author: Optional[str] = None, expected: Optional[str] = None,
+                       lossy: bool = False, retries: int = 20) -> tuple[Optional[str], int]:
+        """Apply a change set on top of the branch head and move the ref by compare-and-swap,
+        re-applying onto a new head if another writer got there first."""
+        revparse.check_ref_name(branch)
+        head = expected or self.head(branch)
+        for attempt in range(retries + 1):
+            base_tree = self.commit_obj(head).tree
+            with self.store.writer() as w:
+                new_tree = tree.apply(self, w, base_tree, changes)
+                if new_tree == base_tree:
+                    return None, attempt
+                cid = self._put_commit(w, new_tree, [head], message,
+                                       author or self.default_author(), lossy)
+            try:
+                self.store.cas_ref(f"heads/{branch}", head, cid)
+                return cid, attempt
+            except RefConflict as e:
+                if e.actual is None:
+                    raise NotFound("branch", branch) from None
+                head = e.actual
+        raise RefConflict(f"heads/{branch}", head, self.store.get_ref(f"heads/{branch}"))
+
+    def _previous_manifest(self, tree_id: str, path: str) -> Optional[dict]:
+        try:
+            e = tree.lookup(self, tree_id, path)
+        except (NotFound, CorafsError):
+            return None
+        return self.get_meta(e["id"]) if e["kind"] == "file" else None
+
+
+def describe_changes(repo, base_tree: str, changes: dict[str, Optional[dict]]) -> str:
+    """A generated commit message: "Update model.pth", "Add 3 files", ..."""
+    added, updated, removed = [], [], []
+    for path, e in changes.items():
+        try:
+            old = tree.lookup(repo, base_tree, path)
+        except (NotFound, CorafsError):
+            old = None
+        if e is None:
+            if old is not None:
+                removed.append(path)
+        elif old is None:
+            added.append(path)
+        elif old.get("id") != e.get("id"):
+            updated.append(path)
+    parts = []
+    for verb, items in (("Add", added), ("Update", updated), ("Remove", removed)):
+        if len(items) == 1:
+            parts.append(f"{verb} {items[0]}")
+        elif items:
+            parts.append(f"{verb} {len(items)} files")
+    return ", ".join(parts) or "No changes"
+
+
+def check_branch(name: str) -> None:
+    try:
+        revparse.check_ref_name(name)
+    except InvalidName:
+        raise

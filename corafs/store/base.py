@@ -1,0 +1,86 @@
+"""The object-store interface. Small on purpose: a content-addressed byte store with ranged
+reads and batched durable writes, plus refs with compare-and-swap. Local HDF5 packs and S3 both
+implement it; caching, retry and fault injection are wrappers around it."""
+from __future__ import annotations
+
+import abc
+from typing import Iterable, Iterator, Optional
+
+
+class ObjectWriter(abc.ABC):
+    """A batch of new objects. Nothing is visible to readers (or durable) before ``commit``;
+    ``abort`` (or a crash) leaves no trace except garbage a later fsck reports."""
+
+    @abc.abstractmethod
+    def put(self, oid: str, data) -> None:
+        """Add one object (bytes-like). Putting an id twice is harmless."""
+
+    @abc.abstractmethod
+    def has(self, oid: str) -> bool:
+        """Whether ``oid`` is already in this batch."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make every object of the batch durable and visible."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the batch."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class ObjectStore(abc.ABC):
+    """Content-addressed objects (ids are lowercase hex strings) and named refs."""
+
+    # -- objects -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def has(self, oid: str) -> bool: ...
+
+    @abc.abstractmethod
+    def get(self, oid: str):
+        """The whole object as a bytes-like object; raises MissingObject."""
+
+    @abc.abstractmethod
+    def get_range(self, oid: str, offset: int, length: int):
+        """``length`` bytes of the object from ``offset`` (ranged read)."""
+
+    @abc.abstractmethod
+    def size_of(self, oid: str) -> int: ...
+
+    @abc.abstractmethod
+    def writer(self) -> ObjectWriter: ...
+
+    @abc.abstractmethod
+    def ids(self) -> Iterator[str]:
+        """Every object id in the store."""
+
+    @abc.abstractmethod
+    def stored_bytes(self) -> int:
+        """Bytes the store occupies (files on disk, or object sizes remotely)."""
+
+    def verify(self) -> Iterable[tuple[str, str]]:
+        """Yield ``(what, problem)`` for damage found at the container level (pack files)."""
+        return ()
+
+    # -- refs ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_ref(self, name: str) -> Optional[str]: ...
+
+    @abc.abstractmethod
+    def cas_ref(self, name: str, expected: Optional[str], new: Optional[str]) -> None:
+        """Set ``name`` to ``new`` if it currently holds ``expected`` (None: absent), atomically.
+        ``new=None`` deletes. Raises RefConflict otherwise."""
+
+    @abc.abstractmethod
+    def list_refs(self, prefix: str = "") -> dict[str, str]: ...
+
+    def close(self) -> None:
+        pass

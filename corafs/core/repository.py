@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from .. import codecs
 from ..config import DEFAULT, Tuning
-from ..errors import (AmbiguousRevision, CorafsError, InvalidName, NotARepository, NotFound,
+from ..errors import (AmbiguousRevision, CorafsError, NotARepository, NotFound,
                       RefConflict, RefExists, RepositoryExists)
 from ..store import LocalStore, ObjectStore
 from . import revparse, tree
@@ -431,6 +431,23 @@ class Repository:
                 head = e.actual
         raise RefConflict(f"heads/{branch}", head, self.store.get_ref(f"heads/{branch}"))
 
+    # -- inspection -------------------------------------------------------------------------------
+    def fsck(self, on_progress=None):
+        from .fsck import fsck
+        return fsck(self, on_progress)
+
+    def diff(self, rev1: str, rev2: str, tensors: bool = True):
+        from .diff import diff
+        return diff(self, rev1, rev2, tensors)
+
+    def stats(self):
+        from .stats import stats
+        return stats(self)
+
+    def export(self, spec: str, dest: str, on_progress=None) -> list[str]:
+        from .export import export
+        return export(self, spec, dest, on_progress)
+
     def _previous_manifest(self, tree_id: str, path: str) -> Optional[dict]:
         try:
             e = tree.lookup(self, tree_id, path)
@@ -462,9 +479,3 @@ def describe_changes(repo, base_tree: str, changes: dict[str, Optional[dict]]) -
             parts.append(f"{verb} {len(items)} files")
     return ", ".join(parts) or "No changes"
 
-
-def check_branch(name: str) -> None:
-    try:
-        revparse.check_ref_name(name)
-    except InvalidName:
-        raise

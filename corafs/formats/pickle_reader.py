@@ -63,7 +63,8 @@ class Global:
 class Call:
     func: Any
     args: tuple
-    state: Any = None
+    state: Any = None     # from BUILD
+    items: Any = None     # from APPEND(S) / SETITEM(S) on the result (e.g. OrderedDict)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -220,9 +221,9 @@ def _target(obj, kind):
     if isinstance(obj, kind):
         return obj
     if isinstance(obj, Call):   # e.g. OrderedDict() being filled: keep items on the call
-        if obj.state is None:
-            obj.state = kind()
-        return obj.state
+        if obj.items is None:
+            obj.items = kind()
+        return obj.items
     raise UnsupportedFormat("pth", f"cannot add items to {type(obj).__name__}")
 
 

@@ -117,6 +117,8 @@ def _walk(obj, path, out, storage_dtype, seen) -> None:
         seen.add(id(obj))
         for i, a in enumerate(obj.args):
             _walk(a, path, out, storage_dtype, seen)
+        if obj.items is not None:
+            _walk(obj.items, path, out, storage_dtype, seen)
         if obj.state is not None:
             _walk(obj.state, path, out, storage_dtype, seen)
     elif isinstance(obj, dict):

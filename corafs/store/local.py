@@ -30,7 +30,7 @@ from ..config import DEFAULT, Tuning
 from ..errors import CorruptObject, MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 
-_H5_CHUNK = 4 << 20
+_H5_CHUNK = 1 << 20
 _FLUSH = 8 << 20
 _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
 
@@ -61,8 +61,7 @@ class _PackWriter:
         self.tmp = os.path.join(directory, self.name + ".h5.tmp")
         self.final = os.path.join(directory, self.name + ".h5")
         self.f = h5py.File(self.tmp, "w", libver="latest")
-        self.ds = self.f.create_dataset("data", shape=(0,), maxshape=(None,), dtype="u1",
-                                        chunks=(_H5_CHUNK,))
+        self.ds = None   # created at the first flush (chunked) or at finish (contiguous)
         self.size = 0            # bytes written to the dataset
         self.pending = bytearray()
         self.table: list[tuple[str, int, int]] = []
@@ -86,6 +85,9 @@ class _PackWriter:
         n = sum(memoryview(p).nbytes for p in parts)
         if not n:
             return
+        if self.ds is None:
+            self.ds = self.f.create_dataset("data", shape=(0,), maxshape=(None,), dtype="u1",
+                                            chunks=(_H5_CHUNK,))
         self.ds.resize((self.size + n,))
         pos = self.size
         for p in parts:
@@ -96,6 +98,9 @@ class _PackWriter:
         self.pending = bytearray()
 
     def finish(self) -> np.ndarray:
+        if self.ds is None:   # small pack: one contiguous dataset of the exact size
+            self.f.create_dataset("data", data=np.frombuffer(bytes(self.pending), np.uint8))
+            self.size, self.pending = len(self.pending), bytearray()
         self._flush()
         table = np.array(self.table, dtype=_IDX_DTYPE)
         self.f.create_dataset("ids", data=table["id"])

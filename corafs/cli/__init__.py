@@ -1,0 +1,4 @@
+"""Command-line interface (``corafs ...``)."""
+from .main import main
+
+__all__ = ["main"]

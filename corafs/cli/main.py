@@ -1,0 +1,355 @@
+"""The ``corafs`` command. Argument parsing, progress bars and exit codes only: every command
+is a thin call into ``corafs.Repository`` (or the mount daemon)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+from .. import __version__
+from ..core import Repository
+from ..errors import CorafsError
+from . import fmt
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except CorafsError as e:
+        print(f"corafs: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except FileNotFoundError as e:
+        print(f"corafs: error: no such file or directory: {e.filename}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"corafs: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("corafs: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corafs", description="Version-controlled checkpoint store.")
+    p.add_argument("--version", action="version", version=f"corafs {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def cmd(name, func, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = cmd("init", cmd_init, "create a repository")
+    sp.add_argument("repo")
+    sp.add_argument("--default-branch", default="main")
+    sp.add_argument("--author", help="author recorded in commits (default: user@host)")
+
+    sp = cmd("commit", cmd_commit, "commit files or directories to a branch")
+    sp.add_argument("repo")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("-b", "--branch", help="branch to commit to (default: the default branch)")
+    sp.add_argument("-m", "--message", help="commit message (default: generated)")
+    sp.add_argument("--to", default="", metavar="DEST", help="directory in the branch to put them")
+    sp.add_argument("--author")
+
+    sp = cmd("log", cmd_log, "show commit history")
+    sp.add_argument("repo")
+    sp.add_argument("rev", nargs="?")
+    sp.add_argument("-n", "--max-count", type=int)
+    sp.add_argument("--oneline", action="store_true")
+
+    sp = cmd("show", cmd_show, "show a commit, a directory or a checkpoint's tensors")
+    sp.add_argument("repo")
+    sp.add_argument("spec", metavar="REV[:PATH]")
+
+    sp = cmd("ls", cmd_ls, "list a directory of a revision")
+    sp.add_argument("repo")
+    sp.add_argument("spec", metavar="REV[:DIR]", nargs="?")
+    sp.add_argument("-r", "--recursive", action="store_true")
+
+    sp = cmd("export", cmd_export, "write a file or directory of a revision to local disk")
+    sp.add_argument("repo")
+    sp.add_argument("spec", metavar="REV[:PATH]")
+    sp.add_argument("dest")
+
+    sp = cmd("branch", cmd_branch, "list, create or delete branches")
+    sp.add_argument("repo")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("rev", nargs="?")
+    sp.add_argument("-d", "--delete", metavar="NAME")
+
+    sp = cmd("tag", cmd_tag, "list, create or delete tags")
+    sp.add_argument("repo")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("rev", nargs="?")
+    sp.add_argument("-m", "--message", default="")
+    sp.add_argument("-d", "--delete", metavar="NAME")
+
+    sp = cmd("diff", cmd_diff, "compare two revisions, per file and per tensor")
+    sp.add_argument("repo")
+    sp.add_argument("rev1")
+    sp.add_argument("rev2")
+    sp.add_argument("--files-only", action="store_true")
+
+    sp = cmd("stats", cmd_stats, "storage accounting")
+    sp.add_argument("repo")
+
+    sp = cmd("fsck", cmd_fsck, "verify every object and every file's sha256")
+    sp.add_argument("repo")
+
+    _add_mount_commands(cmd)
+    return p
+
+
+def _add_mount_commands(cmd) -> None:
+    try:
+        from . import mount_cmds
+    except ImportError:   # the mount is optional at import time (pyfuse3 missing)
+        return
+    mount_cmds.add(cmd)
+
+
+@contextmanager
+def progress(total: int, desc: str):
+    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+               file=sys.stderr, disable=None, leave=False)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def open_repo(path: str) -> Repository:
+    return Repository(path)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_init(a):
+    repo = Repository.init(a.repo, a.default_branch, a.author)
+    print(f"Initialized empty corafs repository in {repo.path} (branch {repo.default_branch})")
+    repo.close()
+
+
+def _collect(paths, to):
+    files = {}
+    for p in paths:
+        if os.path.isdir(p):
+            for dirpath, _dirs, names in os.walk(p):
+                for n in sorted(names):
+                    full = os.path.join(dirpath, n)
+                    rel = os.path.relpath(full, p).replace(os.sep, "/")
+                    files[_join(to, rel)] = full
+        elif os.path.exists(p):
+            files[_join(to, os.path.basename(p.rstrip("/")))] = p
+        else:
+            raise FileNotFoundError(2, "No such file or directory", p)
+    return files
+
+
+def _join(a, b):
+    return f"{a.strip('/')}/{b}" if a.strip("/") else b
+
+
+def cmd_commit(a):
+    with open_repo(a.repo) as repo:
+        branch = a.branch or repo.default_branch
+        files = _collect(a.paths, a.to)
+        total = sum(os.path.getsize(p) for p in files.values())
+        with progress(total, "ingest") as upd:
+            res = repo.commit(branch, files, message=a.message, author=a.author,
+                              on_progress=upd)
+        for dest, r in res.files:
+            if r.reason:
+                print(f"note: {dest} stored as an opaque file ({r.reason})", file=sys.stderr)
+        if res.commit is None:
+            print(f"nothing to commit on {branch}: files are identical to its head")
+            return 0
+        c = repo.commit_obj(res.commit)
+        new = sum(r.new_bytes for _, r in res.files)
+        print(f"[{branch} {c.id[:12]}] {c.message}")
+        print(f" {len(files)} file(s), {fmt.size(total)} in, {fmt.size(new)} new in the store")
+
+
+def cmd_log(a):
+    with open_repo(a.repo) as repo:
+        for c in repo.log(a.rev, a.max_count):
+            if a.oneline:
+                print(f"{c.id[:12]} {c.message}{' [lossy]' if c.lossy else ''}")
+                continue
+            print(f"commit {c.id}")
+            if len(c.parents) > 1:
+                print("Merge:  " + " ".join(p[:12] for p in c.parents))
+            print(f"Author: {c.author}")
+            print(f"Date:   {fmt.when(c.time_ns)}")
+            if c.lossy:
+                print("Lossy:  yes (some tensors were stored with a lossy codec)")
+            print(f"\n    {c.message}\n")
+
+
+def cmd_show(a):
+    with open_repo(a.repo) as repo:
+        cid, path, e = repo.resolve_path(a.spec)
+        c = repo.commit_obj(cid)
+        if not path:
+            print(f"commit {c.id}\nAuthor: {c.author}\nDate:   {fmt.when(c.time_ns)}")
+            if c.lossy:
+                print("Lossy:  yes")
+            print(f"\n    {c.message}\n")
+            for p, fe in repo.walk(cid):
+                if fe["kind"] == "file":
+                    print(f"{fmt.size(fe['size']):>12}  {fe['format']:<12} {p}")
+            return
+        if e["kind"] == "dir":
+            for p, fe in repo.walk(cid, path):
+                if fe["kind"] == "file":
+                    print(f"{fmt.size(fe['size']):>12}  {fe['format']:<12} {p}")
+            return
+        _show_file(repo, path, e)
+
+
+def _show_file(repo, path, e):
+    m = repo.get_meta(e["id"])
+    print(f"file    {path}\nsize    {e['size']} ({fmt.size(e['size'])})\nsha256  {e['sha256']}")
+    print(f"format  {m['format']}")
+    if m.get("reason"):
+        print(f"note    {m['reason']}")
+    if m.get("lossy"):
+        print("lossy   yes: reads return the approximated tensors")
+    if not m.get("tensors"):
+        return
+    how = {}
+    for t in m["tensors"]:
+        tm = repo.tensor_manifest(t["id"])
+        codecs_used = sorted({b[2] for b in tm["blocks"]})
+        depth = max((b[1] for b in tm["blocks"]), default=0)
+        how[t["name"]] = ",".join(codecs_used) + (f" depth {depth}" if depth else "")
+    spans = m["tensors"]
+    print(f"\n{'tensor':<48} {'dtype':<8} {'shape':<20} {'bytes':>10}  stored as")
+    for name, dtype, shp, span, _off in m["views"]:
+        if span >= 0:
+            nbytes = spans[span]["nbytes"]
+            stored = how.get(spans[span]["name"], "")
+            if spans[span]["name"] != name:
+                stored = f"view of {spans[span]['name']}"
+        else:
+            nbytes, stored = 0, "empty"
+        print(f"{name:<48} {dtype:<8} {fmt.shape(shp):<20} {fmt.size(nbytes):>10}  {stored}")
+
+
+def cmd_ls(a):
+    with open_repo(a.repo) as repo:
+        cid, path, e = repo.resolve_path(a.spec or repo.default_branch)
+        if e["kind"] == "file":
+            print(f"{fmt.size(e['size']):>12}  {path}")
+            return
+        if a.recursive:
+            for p, fe in repo.walk(cid, path):
+                print(f"{fmt.size(fe.get('size')) if fe['kind'] == 'file' else 'dir':>12}  {p}")
+            return
+        for name, fe in sorted(repo.listdir(cid, path).items()):
+            if fe["kind"] == "dir":
+                print(f"{'dir':>12}  {name}/")
+            else:
+                print(f"{fmt.size(fe['size']):>12}  {name}")
+
+
+def cmd_export(a):
+    with open_repo(a.repo) as repo:
+        cid, path, e = repo.resolve_path(a.spec)
+        total = e["size"] if e["kind"] == "file" else sum(
+            fe["size"] for _, fe in repo.walk(cid, path) if fe["kind"] == "file")
+        with progress(total, "export") as upd:
+            written = repo.export(a.spec, a.dest, upd)
+        print(f"exported {len(written)} file(s), {fmt.size(total)}, sha256 verified")
+
+
+def cmd_branch(a):
+    with open_repo(a.repo) as repo:
+        if a.delete:
+            repo.delete_branch(a.delete)
+            print(f"deleted branch {a.delete}")
+        elif a.name:
+            cid = repo.create_branch(a.name, a.rev)
+            print(f"created branch {a.name} at {cid[:12]}")
+        else:
+            for name, cid in sorted(repo.branches().items()):
+                mark = "*" if name == repo.default_branch else " "
+                print(f"{mark} {name:<24} {cid[:12]} {repo.commit_obj(cid).message}")
+
+
+def cmd_tag(a):
+    with open_repo(a.repo) as repo:
+        if a.delete:
+            repo.delete_tag(a.delete)
+            print(f"deleted tag {a.delete}")
+        elif a.name:
+            cid = repo.create_tag(a.name, a.rev, a.message)
+            print(f"tagged {cid[:12]} as {a.name}")
+        else:
+            for name, cid in sorted(repo.tags().items()):
+                msg = repo.tag_info(name).get("message") or repo.commit_obj(cid).message
+                print(f"{name:<24} {cid[:12]} {msg}")
+
+
+def cmd_diff(a):
+    with open_repo(a.repo) as repo:
+        changes = repo.diff(a.rev1, a.rev2, tensors=not a.files_only)
+        if not changes:
+            print("no differences")
+        for fc in changes:
+            mark = {"added": "A", "removed": "D", "changed": "M"}[fc.status]
+            print(f"{mark} {fc.path}  ({fmt.size(fc.old_size)} -> {fmt.size(fc.new_size)})")
+            for t in fc.tensors:
+                if t.status == "changed":
+                    print(f"    ~ {t.name:<44} {t.dtype:<6} {fmt.shape(t.shape):<16} "
+                          f"|d|={t.l2:.6g}  cos={t.cosine:.6f}")
+                else:
+                    sign = {"added": "+", "removed": "-", "retyped": "!"}[t.status]
+                    print(f"    {sign} {t.name:<44} {t.dtype:<6} {fmt.shape(t.shape)}"
+                          f"{'  (dtype or size changed)' if t.status == 'retyped' else ''}")
+
+
+def cmd_stats(a):
+    with open_repo(a.repo) as repo:
+        s = repo.stats()
+        rows = [
+            ("commits", s.commits), ("file versions", s.file_versions),
+            ("logical bytes", f"{s.logical_bytes}  ({fmt.size(s.logical_bytes)})"),
+            ("after dedup", f"{s.dedup_bytes}  ({fmt.size(s.dedup_bytes)})"),
+            ("after delta+compression", f"{s.stored_bytes}  ({fmt.size(s.stored_bytes)})"),
+            ("metadata", f"{s.meta_bytes}  ({fmt.size(s.meta_bytes)})"),
+            ("on disk", f"{s.disk_bytes}  ({fmt.size(s.disk_bytes)})"),
+            ("ratio (logical / on disk)", f"{s.ratio:.2f}x"),
+            ("data objects", f"{s.objects} ({s.keyframes} keyframes, {s.deltas} deltas)"),
+            ("codecs", ", ".join(f"{k}={v}" for k, v in sorted(s.codecs.items())) or "-"),
+        ]
+        for k, v in rows:
+            print(f"{k:<26} {v}")
+
+
+def cmd_fsck(a):
+    with open_repo(a.repo) as repo:
+        with progress(0, "fsck") as upd:
+            rep = repo.fsck(upd)
+        print(f"checked {rep.commits} commits, {rep.files} file versions "
+              f"({fmt.size(rep.bytes_checked)}), {rep.objects} objects")
+        if rep.ok:
+            print("repository is consistent")
+            return 0
+        for what, problem in rep.problems:
+            print(f"BROKEN {what}: {problem}")
+        print(f"{len(rep.problems)} problem(s) found", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

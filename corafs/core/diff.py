@@ -1,0 +1,122 @@
+"""diff between two commits: files added, removed and changed; for changed checkpoints the
+tensors added, removed and changed, with the L2 norm of the change and the cosine similarity.
+Norms are accumulated block by block, so memory stays bounded whatever the tensor size."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import numpy as np
+
+from ..dtypes import lookup
+from . import tree
+
+
+@dataclasses.dataclass
+class TensorChange:
+    name: str
+    status: str                  # added, removed, changed, retyped
+    dtype: str
+    shape: list
+    l2: Optional[float] = None   # ||new - old||
+    cosine: Optional[float] = None
+
+
+@dataclasses.dataclass
+class FileChange:
+    path: str
+    status: str                  # added, removed, changed
+    old_size: Optional[int]
+    new_size: Optional[int]
+    tensors: list[TensorChange] = dataclasses.field(default_factory=list)
+
+
+def diff(repo, rev1: str, rev2: str, tensors: bool = True) -> list[FileChange]:
+    c1, c2 = repo.resolve(rev1), repo.resolve(rev2)
+    a = {p: e for p, e in tree.walk(repo, repo.commit_obj(c1).tree) if e["kind"] == "file"}
+    b = {p: e for p, e in tree.walk(repo, repo.commit_obj(c2).tree) if e["kind"] == "file"}
+    out = []
+    for p in sorted(set(a) | set(b)):
+        ea, eb = a.get(p), b.get(p)
+        if ea is None:
+            out.append(FileChange(p, "added", None, eb["size"]))
+        elif eb is None:
+            out.append(FileChange(p, "removed", ea["size"], None))
+        elif ea["id"] != eb["id"]:
+            fc = FileChange(p, "changed", ea["size"], eb["size"])
+            if tensors:
+                fc.tensors = tensor_diff(repo, repo.get_meta(ea["id"]), repo.get_meta(eb["id"]))
+            out.append(fc)
+    return out
+
+
+def tensor_diff(repo, ma: dict, mb: dict) -> list[TensorChange]:
+    ta = {t["name"]: t for t in ma.get("tensors", [])}
+    tb = {t["name"]: t for t in mb.get("tensors", [])}
+    out = []
+    for n in sorted(set(ta) | set(tb)):
+        x, y = ta.get(n), tb.get(n)
+        if x is None:
+            out.append(TensorChange(n, "added", y["dtype"], y["shape"]))
+        elif y is None:
+            out.append(TensorChange(n, "removed", x["dtype"], x["shape"]))
+        elif x["id"] != y["id"]:
+            if x["dtype"] != y["dtype"] or x["nbytes"] != y["nbytes"]:
+                out.append(TensorChange(n, "retyped", y["dtype"], y["shape"]))
+                continue
+            l2, cos = _norms(repo, x, y)
+            out.append(TensorChange(n, "changed", y["dtype"], y["shape"], l2, cos))
+    return out
+
+
+def _norms(repo, x: dict, y: dict) -> tuple[float, float]:
+    bx = [b[0] for b in repo.tensor_manifest(x["id"])["blocks"]]
+    by = [b[0] for b in repo.tensor_manifest(y["id"])["blocks"]]
+    dd = ab = aa = bb = 0.0
+    for i, j in zip(bx, by):
+        u = to_float(repo.decoder.raw(i), x["dtype"])
+        v = to_float(repo.decoder.raw(j), y["dtype"])
+        d = v - u
+        dd += float(np.dot(d, d))
+        ab += float(np.dot(u, v))
+        aa += float(np.dot(u, u))
+        bb += float(np.dot(v, v))
+    cos = ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else float("nan")
+    return math.sqrt(dd), cos
+
+
+def _e4m3_table() -> np.ndarray:
+    v = np.arange(256)
+    s = np.where(v & 0x80, -1.0, 1.0)
+    e = (v >> 3) & 0xF
+    m = v & 0x7
+    val = np.where(e == 0, m / 8.0 * 2.0 ** -6, (1 + m / 8.0) * 2.0 ** (e - 7.0))
+    val = s * val
+    val[(v & 0x7F) == 0x7F] = np.nan
+    return val
+
+
+_E4M3 = _e4m3_table()
+
+
+def to_float(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Decoded bytes of a tensor block as float64 (non-finite values zeroed for the norms)."""
+    if dtype == "BF16":
+        a = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    elif dtype == "F8_E5M2":
+        a = (raw.astype(np.uint16) << 8).view(np.float16)
+    elif dtype == "F8_E4M3":
+        a = _E4M3[raw]
+    else:
+        np_types = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+                    "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                    "U16": np.uint16, "U32": np.uint32, "U64": np.uint64, "BOOL": np.uint8,
+                    "C64": np.float32, "C128": np.float64}
+        t = np_types.get(dtype)
+        if t is None or raw.size % lookup(dtype).itemsize:
+            t = np.uint8
+        a = raw.view(t)
+    a = a.astype(np.float64)
+    a[~np.isfinite(a)] = 0.0
+    return a

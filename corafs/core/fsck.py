@@ -1,0 +1,103 @@
+"""fsck: every ref points at a commit, every reachable object is readable and matches its id,
+every file rebuilds to its recorded sha256, every object in the store can be read."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Callable, Optional
+
+from .. import codecs
+from ..errors import CorafsError
+from . import tree
+from .objects import META_MAGIC, decode_meta
+
+
+@dataclasses.dataclass
+class FsckReport:
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    commits: int = 0
+    files: int = 0
+    objects: int = 0
+    bytes_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def fsck(repo, on_progress: Optional[Callable[[int], None]] = None) -> FsckReport:
+    rep = FsckReport()
+    progress = on_progress or (lambda n: None)
+    for what, problem in repo.store.verify():
+        rep.problems.append((what, problem))
+    verified: set[str] = set()
+
+    commits: set[str] = set()
+    for kind, refs in (("branch", repo.store.list_refs("heads/")),
+                       ("tag", repo.store.list_refs("tags/"))):
+        for name, oid in refs.items():
+            try:
+                obj = repo.get_meta(oid)
+                verified.add(oid)
+                cid = obj["commit"] if obj.get("type") == "tag" else oid
+                repo.commit_obj(cid)
+                commits.add(cid)
+            except CorafsError as e:
+                rep.problems.append((f"ref {name}", str(e)))
+    stack, seen = list(commits), set()
+    files: dict[str, tuple[str, dict]] = {}
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        try:
+            c = repo.commit_obj(cid)
+            verified.add(cid)
+            stack.extend(c.parents)
+            verified.add(c.tree)
+            for path, e in tree.walk(repo, c.tree):
+                verified.add(e["id"])
+                if e["kind"] == "file" and e["id"] not in files:
+                    files[e["id"]] = (f"{cid[:12]}:{path}", e)
+        except CorafsError as e:
+            rep.problems.append((f"commit {cid[:12]}", str(e)))
+    rep.commits = len(seen)
+
+    for fid, (where, e) in files.items():
+        rep.files += 1
+        try:
+            m = repo.get_meta(fid)
+            for t in m.get("tensors", []):
+                repo.tensor_manifest(t["id"])
+                verified.add(t["id"])
+            r = repo.open_file(fid)
+            h = hashlib.sha256()
+            for piece in r.chunks():
+                h.update(piece)
+                progress(len(piece))
+            verified.update(r.objs)
+            rep.bytes_checked += r.size
+            if h.hexdigest() != m["sha256"] or m["sha256"] != e.get("sha256", m["sha256"]):
+                rep.problems.append((where, "content does not match its recorded sha256"))
+            if m["size"] != e.get("size", m["size"]):
+                rep.problems.append((where, "size in the tree differs from the file's"))
+        except CorafsError as ex:
+            rep.problems.append((where, str(ex)))
+
+    for oid in repo.store.ids():
+        rep.objects += 1
+        if oid in verified:
+            continue
+        try:
+            payload = repo.store.get(oid)
+            head = bytes(memoryview(payload)[:3])
+            if head == META_MAGIC and len(oid) == 64:
+                decode_meta(oid, payload)
+            elif head == codecs.MAGIC:
+                repo.decoder.raw(oid)
+            elif head != META_MAGIC:
+                rep.problems.append((f"object {oid}", "unknown object type"))
+        except CorafsError as ex:
+            rep.problems.append((f"object {oid}", str(ex)))
+    return rep

@@ -51,9 +51,18 @@ def diff(repo, rev1: str, rev2: str, tensors: bool = True) -> list[FileChange]:
     return out
 
 
+def _shapes(m: dict) -> dict:
+    """Stored tensors by name with the shape the user sees (a .pth storage is flat; its
+    state-dict view of the same name has the real shape)."""
+    views = {v[0]: v[2] for v in m.get("views", [])}
+    out = {}
+    for t in m.get("tensors", []):
+        out[t["name"]] = dict(t, shape=views.get(t["name"], t["shape"]))
+    return out
+
+
 def tensor_diff(repo, ma: dict, mb: dict) -> list[TensorChange]:
-    ta = {t["name"]: t for t in ma.get("tensors", [])}
-    tb = {t["name"]: t for t in mb.get("tensors", [])}
+    ta, tb = _shapes(ma), _shapes(mb)
     out = []
     for n in sorted(set(ta) | set(tb)):
         x, y = ta.get(n), tb.get(n)

@@ -1,0 +1,138 @@
+"""Repository semantics: commits, trees, refs, revisions, log, merge-base, concurrency."""
+import threading
+
+import pytest
+import torch
+
+from corafs import Repository
+from corafs.errors import AmbiguousRevision, InvalidName, NotFound, RefExists, RepositoryExists
+from conftest import SMALL, sha256_bytes
+
+
+def _write(work, name, data: bytes):
+    p = work / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return str(p)
+
+
+def test_new_repository_has_empty_default_branch(repo):
+    assert repo.branches().keys() == {"main"}
+    assert repo.listdir(repo.head("main")) == {}
+    with pytest.raises(RepositoryExists):
+        Repository.init(repo.path)
+
+
+def test_commit_ids_are_sha256_of_canonical_bytes(repo, work):
+    import hashlib
+    from corafs.core.objects import canonical
+    cid = repo.commit("main", {"a.txt": _write(work, "a", b"x")}).commit
+    assert hashlib.sha256(canonical(repo.get_meta(cid))).hexdigest() == cid
+
+
+def test_nested_trees_to_and_deletes(repo, work):
+    c1 = repo.commit("main", {"sub/dir/a.txt": _write(work, "a", b"A"),
+                              "b.txt": _write(work, "b", b"B")}).commit
+    assert set(repo.listdir(c1)) == {"sub", "b.txt"}
+    assert repo.read_file("main:sub/dir/a.txt") == b"A"
+    c2 = repo.commit("main", deletes=["sub/dir/a.txt"], mkdirs=["empty"]).commit
+    assert repo.listdir(c2)["empty"]["kind"] == "dir"
+    assert repo.listdir(c2, "sub/dir") == {}
+    assert repo.read_file(f"{c1}:b.txt") == b"B"
+    # unchanged content: no new commit
+    assert repo.commit("main", {"b.txt": _write(work, "b", b"B")}).commit is None
+
+
+def test_revisions(repo, work):
+    ids = [repo.head("main")]
+    for i in range(4):
+        ids.append(repo.commit("main", {"f": _write(work, "f", bytes([i]))}).commit)
+    assert repo.resolve("main") == ids[-1]
+    assert repo.resolve("main~2") == ids[-3]
+    assert repo.resolve("main^") == ids[-2]
+    assert repo.resolve("main^^") == ids[-3]
+    assert repo.resolve("main~1^") == ids[-3]
+    assert repo.resolve(ids[2][:10]) == ids[2]
+    assert repo.resolve(ids[2]) == ids[2]
+    repo.create_tag("v1", "main~1", message="release")
+    assert repo.resolve("v1") == ids[-2]
+    assert repo.resolve("v1~1") == ids[-3]
+    assert repo.tag_info("v1")["message"] == "release"
+    with pytest.raises(NotFound):
+        repo.resolve("main~10")
+    with pytest.raises(NotFound):
+        repo.resolve("nope")
+    # an ambiguous prefix: find two commit ids sharing a first hex digit... use 1-char prefixes
+    # via the API directly (the CLI requires 4+); force with a synthetic check instead
+    firsts = {}
+    for c in ids:
+        firsts.setdefault(c[:4], []).append(c)
+    for pre, cs in firsts.items():
+        if len(cs) > 1:
+            with pytest.raises(AmbiguousRevision):
+                repo.resolve(pre)
+
+
+def test_branch_names_validated(repo):
+    for bad in ["@x", "a~b", "a^b", "a:b", "a/b", "", ".hidden"]:
+        with pytest.raises(InvalidName):
+            repo.create_branch(bad)
+    repo.create_branch("exp-lr")
+    with pytest.raises(RefExists):
+        repo.create_branch("exp-lr")
+    repo.delete_branch("exp-lr")
+    assert "exp-lr" not in repo.branches()
+
+
+def test_log_and_merge_base(repo, work):
+    base = repo.commit("main", {"f": _write(work, "f", b"0")}).commit
+    repo.create_branch("exp", "main")
+    a = repo.commit("main", {"f": _write(work, "f", b"1")}).commit
+    b = repo.commit("exp", {"g": _write(work, "g", b"2")}).commit
+    assert repo.merge_base("main", "exp") == base
+    assert [c.id for c in repo.log("exp")][:2] == [b, base]
+    assert repo.is_ancestor(base, a) and not repo.is_ancestor(a, b)
+    hist = repo.first_parent_history("main")
+    assert hist[-1].id == a and hist[0].message == "Initialize repository"
+
+
+def test_concurrent_writers_never_lose_a_commit(tmp_path, work):
+    path = str(tmp_path / "r")
+    Repository.init(path, tuning=SMALL).close()
+    errors = []
+
+    def writer(k):
+        try:
+            with Repository(path, tuning=SMALL) as r:
+                for i in range(5):
+                    r.commit("main", {f"w{k}/f{i}": _write(work, f"w{k}-{i}", f"{k}-{i}".encode())})
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    with Repository(path) as r:
+        assert len(r.log("main")) == 21
+        for k in range(4):
+            for i in range(5):
+                assert r.read_file(f"main:w{k}/f{i}") == f"{k}-{i}".encode()
+
+
+def test_deltas_against_previous_version_bit_exact(repo, work):
+    w = torch.randn(256, 256)
+    shas = []
+    for step in range(6):
+        w = w + torch.randn_like(w) * 1e-3
+        p = work / "m.pth"
+        torch.save({"w": w.clone(), "b": w[0].clone().to(torch.bfloat16)}, p)
+        shas.append(sha256_bytes(p.read_bytes()))
+        repo.commit("main", {"m.pth": str(p)})
+    st = repo.stats()
+    assert st.deltas > 0
+    for i, sha in enumerate(reversed(shas)):
+        assert sha256_bytes(repo.read_file(f"main~{i}:m.pth")) == sha
+    assert repo.fsck().ok

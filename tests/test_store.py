@@ -1,0 +1,95 @@
+"""Conformance tests every object store runs (local HDF5 packs now; S3 subclasses this)."""
+import threading
+
+import pytest
+
+from corafs.errors import MissingObject, RefConflict
+from corafs.store import LocalStore
+
+
+class StoreConformance:
+    def make(self, tmp_path):
+        raise NotImplementedError
+
+    def test_put_get_range(self, tmp_path):
+        s = self.make(tmp_path)
+        with s.writer() as w:
+            w.put("aa" * 16, b"hello world")
+            w.put("bb" * 16, b"")
+            w.put("cc" * 16, bytes(range(256)) * 100)
+            assert w.has("aa" * 16)
+        assert bytes(s.get("aa" * 16)) == b"hello world"
+        assert bytes(s.get("bb" * 16)) == b""
+        assert bytes(s.get_range("cc" * 16, 250, 10)) == bytes(range(250, 256)) + bytes(range(4))
+        assert s.size_of("cc" * 16) == 25600
+        assert {"aa" * 16, "bb" * 16, "cc" * 16} <= set(s.ids())
+        with pytest.raises(MissingObject):
+            s.get("dd" * 16)
+
+    def test_abort_leaves_nothing(self, tmp_path):
+        s = self.make(tmp_path)
+        w = s.writer()
+        w.put("ee" * 16, b"x" * 1000)
+        w.abort()
+        assert not s.has("ee" * 16)
+
+    def test_not_visible_before_commit(self, tmp_path):
+        s = self.make(tmp_path)
+        w = s.writer()
+        w.put("ff" * 16, b"y")
+        assert not s.has("ff" * 16)
+        w.commit()
+        assert s.has("ff" * 16)
+
+    def test_refs_compare_and_swap(self, tmp_path):
+        s = self.make(tmp_path)
+        s.cas_ref("heads/main", None, "1" * 64)
+        with pytest.raises(RefConflict):
+            s.cas_ref("heads/main", None, "2" * 64)
+        with pytest.raises(RefConflict):
+            s.cas_ref("heads/main", "3" * 64, "2" * 64)
+        s.cas_ref("heads/main", "1" * 64, "2" * 64)
+        assert s.get_ref("heads/main") == "2" * 64
+        s.cas_ref("tags/v1", None, "4" * 64)
+        assert s.list_refs("tags/") == {"tags/v1": "4" * 64}
+        s.cas_ref("tags/v1", "4" * 64, None)
+        assert s.get_ref("tags/v1") is None
+
+    def test_concurrent_cas_exactly_one_wins(self, tmp_path):
+        s = self.make(tmp_path)
+        s.cas_ref("heads/x", None, "0" * 64)
+        wins = []
+
+        def go(i):
+            try:
+                s.cas_ref("heads/x", "0" * 64, f"{i + 1:064d}")
+                wins.append(i)
+            except RefConflict:
+                pass
+
+        ts = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert len(wins) == 1
+
+
+class TestLocalStore(StoreConformance):
+    def make(self, tmp_path):
+        return LocalStore.create(str(tmp_path / "store"))
+
+    def test_second_process_sees_new_packs(self, tmp_path):
+        a = self.make(tmp_path)
+        b = LocalStore(str(tmp_path / "store"))
+        with a.writer() as w:
+            w.put("ab" * 16, b"data")
+        assert bytes(b.get("ab" * 16)) == b"data"
+
+    def test_missing_idx_is_rebuilt(self, tmp_path):
+        import glob
+        import os
+        a = self.make(tmp_path)
+        with a.writer() as w:
+            w.put("ac" * 16, b"data")
+        for p in glob.glob(str(tmp_path / "store" / "objects" / "*.idx")):
+            os.unlink(p)
+        assert bytes(LocalStore(str(tmp_path / "store")).get("ac" * 16)) == b"data"

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--to", default="", metavar="DEST", help="directory in the branch to put them")
     sp.add_argument("--author")
 
+    sp.add_argument("--lossy", choices=["int8", "int16", "sparse", "per-axis"],
+                    help="opt-in lossy delta codec for float tensors of this commit "
+                         "(never the default; the commit and files are marked lossy)")
+
     sp = cmd("log", cmd_log, "show commit history")
     sp.add_argument("repo")
     sp.add_argument("rev", nargs="?")
@@ -166,7 +170,7 @@ def cmd_commit(a):
         total = sum(os.path.getsize(p) for p in files.values())
         with progress(total, "ingest") as upd:
             res = repo.commit(branch, files, message=a.message, author=a.author,
-                              on_progress=upd)
+                              lossy=a.lossy, on_progress=upd)
         for dest, r in res.files:
             if r.reason:
                 print(f"note: {dest} stored as an opaque file ({r.reason})", file=sys.stderr)
@@ -223,7 +227,8 @@ def _show_file(repo, path, e):
     if m.get("reason"):
         print(f"note    {m['reason']}")
     if m.get("lossy"):
-        print("lossy   yes: reads return the approximated tensors")
+        print(f"lossy   yes ({m['lossy']}): reads return the approximated tensors; "
+              "sha256 is theirs")
     if not m.get("tensors"):
         return
     how = {}

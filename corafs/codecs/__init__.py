@@ -209,3 +209,24 @@ def decode_block(payload, get_base: Callable[[str], np.ndarray]) -> np.ndarray:
     if out.size != h.raw_len:
         raise ValueError(f"decoded {out.size} bytes, header says {h.raw_len}")
     return out
+
+
+# -- opt-in lossy codecs (registered so any stored block can be decoded) ----------------------
+from . import lossy as _lossy  # noqa: E402  (needs Codec above)
+
+for _c in _lossy.BY_OPTION.values():
+    register(_c)
+
+LOSSY_OPTIONS = tuple(_lossy.BY_OPTION)
+
+
+def encode_lossy_block(raw: np.ndarray, dtype: str, option: str, level: int,
+                       base: np.ndarray, base_id: str, base_depth: int):
+    """Encode with the lossy codec chosen by ``--lossy OPTION``; return
+    ``(payload, decoded bytes, codec name, depth)``: the caller stores and hashes the decoded
+    bytes, which is what every read will return."""
+    c = _lossy.BY_OPTION[option]
+    body, approx = c.approximate(raw, lookup(dtype), base, level)
+    approx = np.ascontiguousarray(approx).view(np.uint8)
+    return (pack_header(c.name, dtype, raw.size, base_depth + 1, base_id) + body, approx,
+            c.name, base_depth + 1)

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import codecs, formats
-from ..formats import Layout
+from ..codecs.lossy import LOSSY_DTYPES
 from .objects import data_id, tensor_hasher
 
 #: encoding chosen for skeleton / opaque chunks
@@ -61,6 +61,7 @@ class Ingestor:
         """``ref``: the previous version's file manifest (for delta references), or None."""
         layout = formats.detect(f, name, size)
         self._new_bytes = 0
+        self.lossy_used = False
         sha = hashlib.sha256()
         chunk = self.t.opaque_chunk if layout.format == "opaque" else self.t.skeleton_chunk
         skel = _Skeleton(chunk)
@@ -89,6 +90,7 @@ class Ingestor:
             "extents": {"len": [e[0] for e in extents], "obj": [e[1] for e in extents],
                         "off": [e[2] for e in extents]},
             "tensors": tensors,
+            "lossy": self.lossy if self.lossy_used else None,
             "views": [[v.name, v.dtype, list(v.shape), v.span, v.storage_offset]
                       for v in layout.views],
         }
@@ -133,11 +135,14 @@ class Ingestor:
             got = f.readinto(memoryview(buf))
             if got != n:
                 raise OSError(f"file changed while reading (short read at {span.offset + off})")
+            base = ref["blocks"][i] if usable_ref else None
+            if self.lossy and base is not None and span.dtype in LOSSY_DTYPES:
+                buf, oid = self._lossy_block(buf, span.dtype, base)
+            else:
+                oid = data_id(buf)
+                self._submit(oid, buf, span.dtype, base)
             sha.update(buf)
             h.update(buf)
-            oid = data_id(buf)
-            base = ref["blocks"][i] if usable_ref else None
-            self._submit(oid, buf, span.dtype, base)
             blocks.append(oid)
             extents.append([n, oid, 0])
             self.on_progress(n)
@@ -145,6 +150,26 @@ class Ingestor:
         return {"name": span.name, "dtype": span.dtype, "shape": list(span.shape),
                 "offset": span.offset, "nbytes": span.nbytes, "id": tid,
                 "_blocks": blocks, "_ref": ref}
+
+    def _lossy_block(self, buf: np.ndarray, dtype: str, base) -> tuple[np.ndarray, str]:
+        """Opt-in lossy delta: the block's content becomes the approximation reads return."""
+        base_id, depth = base[0], base[1]
+        if depth >= self.t.max_delta_depth:
+            oid = data_id(buf)
+            self._submit(oid, buf, dtype, None)
+            return buf, oid
+        base_raw = self.repo.decoder.raw(base_id)
+        payload, approx, codec, d = codecs.encode_lossy_block(
+            buf, dtype, self.lossy, self.t.zstd_level, base_raw, base_id, depth)
+        oid = data_id(approx)
+        self.lossy_used = True
+        if oid not in self._submitted and not self.writer.has(oid) and not self.store.has(oid):
+            self.writer.put(oid, payload)
+            self._new_bytes += len(payload)
+        done: Future = Future()
+        done.set_result((codec, d))
+        self._submitted.setdefault(oid, done)
+        return approx, oid
 
     # -- encoding ---------------------------------------------------------------------------------
     def _submit(self, oid: str, buf: np.ndarray, dtype: str, base) -> None:

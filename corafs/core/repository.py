@@ -384,6 +384,9 @@ class Repository:
         """Commit local files (``dest path -> local path``), deletions and new directories to
         ``branch``. Returns the new commit (None when nothing changed)."""
         files = dict(files or {})
+        if lossy is not None and lossy not in codecs.LOSSY_OPTIONS:
+            raise CorafsError(f"unknown lossy codec {lossy!r} (choose from "
+                              f"{', '.join(codecs.LOSSY_OPTIONS)})")
         head = parent or self.head(branch)
         head_tree = self.commit_obj(head).tree
         results: list[tuple[str, IngestResult]] = []
@@ -404,7 +407,8 @@ class Repository:
             changes[p] = tree.MKDIR
         if message is None:
             message = describe_changes(self, head_tree, changes)
-        cid, retries = self.commit_changes(branch, changes, message, author, head, lossy=bool(lossy))
+        used_lossy = any(r.manifest.get("lossy") for _, r in results)
+        cid, retries = self.commit_changes(branch, changes, message, author, head, lossy=used_lossy)
         return CommitResult(cid, results, retries)
 
     def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,

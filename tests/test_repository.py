@@ -136,3 +136,46 @@ def test_deltas_against_previous_version_bit_exact(repo, work):
     for i, sha in enumerate(reversed(shas)):
         assert sha256_bytes(repo.read_file(f"main~{i}:m.pth")) == sha
     assert repo.fsck().ok
+
+
+def test_reference_found_by_name_in_parent_and_by_similarity(repo, work):
+    import safetensors.torch
+    torch.manual_seed(0)
+    sd = {"enc.weight": torch.randn(256, 256), "dec.weight": torch.randn(256, 256)}
+    safetensors.torch.save_file(sd, str(work / "a.safetensors"))
+    repo.commit("main", {"a.safetensors": str(work / "a.safetensors")})
+    # same tensor names in a differently named file: found by name in the parent commit
+    tuned = {k: v + torch.randn_like(v) * 1e-4 for k, v in sd.items()}
+    safetensors.torch.save_file(tuned, str(work / "b.safetensors"))
+    repo.commit("main", {"other.safetensors": str(work / "b.safetensors")})
+    m = repo.get_meta(repo.entry(repo.head("main"), "other.safetensors")["id"])
+    kinds = {b[2] for t in m["tensors"] for b in repo.tensor_manifest(t["id"])["blocks"]}
+    assert kinds & {"xor-planes-zstd", "osub-planes-zstd"}, kinds
+    # renamed tensors on a new branch: found by the similarity index
+    repo.create_branch("exp", repo.log("main")[-1].id)     # the empty initial commit
+    renamed = {"renamed." + k: v + torch.randn_like(v) * 1e-4 for k, v in sd.items()}
+    safetensors.torch.save_file(renamed, str(work / "c.safetensors"))
+    repo.commit("exp", {"c.safetensors": str(work / "c.safetensors")})
+    m = repo.get_meta(repo.entry(repo.head("exp"), "c.safetensors")["id"])
+    kinds = {b[2] for t in m["tensors"] for b in repo.tensor_manifest(t["id"])["blocks"]}
+    assert kinds & {"xor-planes-zstd", "osub-planes-zstd"}, kinds
+    assert sha256_bytes(repo.read_file("exp:c.safetensors")) == sha256_bytes(
+        (work / "c.safetensors").read_bytes())
+    # unrelated random tensors of the same shape are not taken as references
+    from corafs.core import simindex
+    a = simindex.fingerprint(torch.randn(4096).numpy().view("uint8"), "F32")
+    b = simindex.fingerprint(torch.randn(4096).numpy().view("uint8"), "F32")
+    assert simindex.distance(a, b) > simindex.MAX_DISTANCE
+
+
+def test_similarity_index_rebuilt_when_missing(repo, work):
+    import os
+    import safetensors.torch
+    sd = {"w": torch.randn(128, 128)}
+    safetensors.torch.save_file(sd, str(work / "a.safetensors"))
+    repo.commit("main", {"a.safetensors": str(work / "a.safetensors")})
+    os.unlink(repo.simindex.path)
+    from corafs import Repository
+    r2 = Repository(repo.path, tuning=repo.tuning)
+    fp = r2.tensor_manifest(repo.get_meta(repo.entry(repo.head("main"), "a.safetensors")["id"])["tensors"][0]["id"])["fp"]
+    assert r2.simindex.nearest("F32", 128 * 128 * 4, int(fp, 16)) is not None

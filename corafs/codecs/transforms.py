@@ -12,24 +12,17 @@ def lanes(buf: np.ndarray, width: int) -> np.ndarray:
     return buf.view(UINT[width])
 
 
-def _ordered(u: np.ndarray, width: int) -> np.ndarray:
-    """Map sign-magnitude float bits to integers that sort like the floats (new array)."""
-    bits = width * 8
-    sign_bit = UINT[width](1 << (bits - 1))
-    mask = np.negative(u >> UINT[width](bits - 1))
-    mask |= sign_bit
-    return np.bitwise_xor(u, mask, out=mask)
-
-
-def _unordered(m: np.ndarray, width: int) -> np.ndarray:
-    """Inverse of ``_ordered``, in place."""
-    bits = width * 8
-    sign_bit = UINT[width](1 << (bits - 1))
-    mask = m >> UINT[width](bits - 1)
-    mask -= UINT[width](1)
-    mask |= sign_bit
-    np.bitwise_xor(m, mask, out=m)
-    return m
+def _ordered(u: np.ndarray, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Map sign-magnitude float bits to two's-complement integers that sort like the floats:
+    negative values get their magnitude bits flipped. An involution (its own inverse); three
+    in-place passes. Returns a signed view."""
+    i = u.view(SINT[width])
+    if out is None:
+        out = np.empty_like(i)
+    np.right_shift(i, width * 8 - 1, out=out)            # -1 for negatives, 0 otherwise
+    np.bitwise_and(out, SINT[width](np.iinfo(SINT[width]).max), out=out)
+    np.bitwise_xor(i, out, out=out)
+    return out
 
 
 def xor_delta(new: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
@@ -44,19 +37,26 @@ def xor_undo(delta: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
 def sub_delta(new: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     """zigzag(ordered(new) - ordered(base)): small float updates become small integers."""
     d = _ordered(lanes(new, width), width)
-    d -= _ordered(lanes(base, width), width)
-    bits = width * 8
-    sign = (d.view(SINT[width]) >> (bits - 1)).view(UINT[width])
-    d <<= UINT[width](1)
-    d ^= sign
+    tmp = _ordered(lanes(base, width), width)
+    np.subtract(d, tmp, out=d)                             # wraps: modular arithmetic
+    np.right_shift(d, width * 8 - 1, out=tmp)              # sign spread
+    np.left_shift(d, 1, out=d)
+    np.bitwise_xor(d, tmp, out=d)
     return d.view(np.uint8)
 
 
 def sub_undo(delta: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of ``sub_delta``, in place on ``delta``."""
     z = lanes(delta, width)
-    neg = np.negative(z & UINT[width](1))
-    z >>= UINT[width](1)
-    z ^= neg
-    z += _ordered(lanes(base, width), width)
-    _unordered(z, width)
+    tmp = np.bitwise_and(z, UINT[width](1))
+    np.negative(tmp, out=tmp)                              # 0 or all ones
+    np.right_shift(z, UINT[width](1), out=z)
+    np.bitwise_xor(z, tmp, out=z)
+    zi = z.view(SINT[width])
+    ti = tmp.view(SINT[width])
+    np.add(zi, _ordered(lanes(base, width), width, out=ti), out=zi)
+    # the map is its own inverse; applied in place with the mask in tmp
+    np.right_shift(zi, width * 8 - 1, out=ti)
+    np.bitwise_and(ti, SINT[width](np.iinfo(SINT[width]).max), out=ti)
+    np.bitwise_xor(zi, ti, out=zi)
     return delta

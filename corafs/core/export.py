@@ -35,7 +35,7 @@ def _write(repo, entry: dict, target: str, where: str, on_progress) -> None:
     tmp = f"{target}.corafs-tmp"
     try:
         with open(tmp, "wb") as f:
-            for piece in reader.chunks():
+            for piece in reader.chunks(repo.pool):
                 h.update(piece)
                 f.write(piece)
                 if on_progress:

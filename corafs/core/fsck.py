@@ -73,7 +73,7 @@ def fsck(repo, on_progress: Optional[Callable[[int], None]] = None) -> FsckRepor
                 verified.add(t["id"])
             r = repo.open_file(fid)
             h = hashlib.sha256()
-            for piece in r.chunks():
+            for piece in r.chunks(repo.pool):
                 h.update(piece)
                 progress(len(piece))
             verified.update(r.objs)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import codecs, formats
 from ..codecs.lossy import LOSSY_DTYPES
+from . import simindex
 from .objects import data_id, tensor_hasher
 
 #: encoding chosen for skeleton / opaque chunks
@@ -50,6 +51,10 @@ class Ingestor:
         self._submitted: dict[str, Future] = {}
         self._new_bytes = 0
         self._lock = threading.Lock()
+        #: (dtype, nbytes, fingerprint, tensor id) of every tensor ingested, for the index
+        self.fingerprints: list[tuple[str, int, int, str]] = []
+        #: tensors of the parent commit by name (set by the caller; lazily computed)
+        self.parent_tensors: Callable[[], dict] = lambda: {}
 
     # -- public ------------------------------------------------------------------------------
     def ingest_path(self, path: str, name: str, ref: Optional[dict]) -> IngestResult:
@@ -127,15 +132,18 @@ class Ingestor:
         bs = self.t.block_size
         h = tensor_hasher(span.dtype, span.shape)
         blocks = []
-        usable_ref = (ref is not None and ref["dtype"] == span.dtype
-                      and ref["nbytes"] == span.nbytes and ref["block_size"] == bs)
+        fp = None
         for i, off in enumerate(range(0, span.nbytes, bs)):
             n = min(bs, span.nbytes - off)
             buf = np.empty(n, dtype=np.uint8)
             got = f.readinto(memoryview(buf))
             if got != n:
                 raise OSError(f"file changed while reading (short read at {span.offset + off})")
-            base = ref["blocks"][i] if usable_ref else None
+            if i == 0:
+                fp = simindex.fingerprint(buf, span.dtype)
+                if not self._usable(ref, span):
+                    ref = self._find_reference(span, fp)
+            base = ref["blocks"][i] if self._usable(ref, span) else None
             if self.lossy and base is not None and span.dtype in LOSSY_DTYPES:
                 buf, oid = self._lossy_block(buf, span.dtype, base)
             else:
@@ -149,7 +157,28 @@ class Ingestor:
         tid = h.hexdigest()
         return {"name": span.name, "dtype": span.dtype, "shape": list(span.shape),
                 "offset": span.offset, "nbytes": span.nbytes, "id": tid,
-                "_blocks": blocks, "_ref": ref}
+                "_blocks": blocks, "_ref": ref if self._usable(ref, span) else None, "_fp": fp}
+
+    def _usable(self, ref: Optional[dict], span) -> bool:
+        return (ref is not None and ref["dtype"] == span.dtype and ref["nbytes"] == span.nbytes
+                and ref["block_size"] == self.t.block_size)
+
+    def _find_reference(self, span, fp) -> Optional[dict]:
+        """No same-named tensor in the previous version of this file: try the same name
+        anywhere in the parent commit, then the similarity index."""
+        cand = self.parent_tensors().get(span.name)
+        if cand is not None and cand["dtype"] == span.dtype and cand["nbytes"] == span.nbytes:
+            try:
+                return self.repo.tensor_manifest(cand["id"])
+            except Exception:
+                pass
+        tid = self.repo.simindex.nearest(span.dtype, span.nbytes, fp)
+        if tid is not None:
+            try:
+                return self.repo.tensor_manifest(tid)
+            except Exception:
+                return None
+        return None
 
     def _lossy_block(self, buf: np.ndarray, dtype: str, base) -> tuple[np.ndarray, str]:
         """Opt-in lossy delta: the block's content becomes the approximation reads return."""
@@ -207,6 +236,9 @@ class Ingestor:
         for t in tensors:
             blocks = t.pop("_blocks")
             ref = t.pop("_ref")
+            fp = t.pop("_fp")
+            if fp is not None:
+                self.fingerprints.append((t["dtype"], t["nbytes"], fp, t["id"]))
             if self.writer.has(t["id"]) or self.store.has(t["id"]):
                 continue
             ref_depth = {b[0]: (b[1], b[2]) for b in ref["blocks"]} if ref else {}
@@ -221,7 +253,8 @@ class Ingestor:
                     codec, depth = self.repo.block_info(oid)
                 rows.append([oid, depth, codec])
             tm = {"type": "tensor", "dtype": t["dtype"], "shape": t["shape"],
-                  "nbytes": t["nbytes"], "block_size": self.t.block_size, "blocks": rows}
+                  "nbytes": t["nbytes"], "block_size": self.t.block_size, "blocks": rows,
+                  "fp": f"{fp:016x}" if fp is not None else None}
             self.repo.put_tensor_manifest(self.writer, t["id"], tm)
 
 

@@ -26,6 +26,7 @@ from . import revparse, tree
 from .ingest import Ingestor, IngestResult
 from .objects import canonical, decode_meta, encode_meta, meta_id
 from .reader import BlockCache, Decoder, FileReader
+from .simindex import SimIndex
 
 CONFIG = "corafs.json"
 FORMAT = 1
@@ -73,6 +74,7 @@ class Repository:
         self._meta: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
         self._meta_lock = threading.Lock()
         self._pool: Optional[ThreadPoolExecutor] = None
+        self.simindex = SimIndex(self)
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -393,12 +395,14 @@ class Repository:
         changes: dict[str, Optional[dict]] = {}
         with self.store.writer() as w:
             ing = Ingestor(self, w, self.pool, on_progress, lossy)
+            ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
             for dest, src in files.items():
                 tree.split_path(dest)
                 ref = self._previous_manifest(head_tree, dest)
                 res = ing.ingest_path(src, os.path.basename(dest), ref)
                 results.append((dest, res))
                 changes[dest] = res.entry
+        self.simindex.add(ing.fingerprints)   # objects are durable now
         for dest, e in (entries or {}).items():
             changes[dest] = e
         for p in deletes:
@@ -452,12 +456,34 @@ class Repository:
         from .export import export
         return export(self, spec, dest, on_progress)
 
+    def tensors_by_name(self, tree_id: str) -> dict[str, dict]:
+        """Every stored tensor of every checkpoint in a tree, by tensor name."""
+        out: dict[str, dict] = {}
+        for _p, e in tree.walk(self, tree_id):
+            if e["kind"] == "file" and e.get("format") != "opaque":
+                for t in self.get_meta(e["id"]).get("tensors", []):
+                    out.setdefault(t["name"], t)
+        return out
+
     def _previous_manifest(self, tree_id: str, path: str) -> Optional[dict]:
         try:
             e = tree.lookup(self, tree_id, path)
         except (NotFound, CorafsError):
             return None
         return self.get_meta(e["id"]) if e["kind"] == "file" else None
+
+
+class _Lazy:
+    """Call ``fn`` once, on first use."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.value = None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.fn()
+        return self.value
 
 
 def describe_changes(repo, base_tree: str, changes: dict[str, Optional[dict]]) -> str:

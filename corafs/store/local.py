@@ -30,8 +30,6 @@ from ..config import DEFAULT, Tuning
 from ..errors import CorruptObject, MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 
-_H5_CHUNK = 1 << 20
-_FLUSH = 8 << 20
 _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
 
 
@@ -54,81 +52,111 @@ def atomic_write(path: str, data: bytes) -> None:
 
 
 class _PackWriter:
-    """One pack being written (``.h5.tmp``)."""
+    """One pack being written. Objects are appended to a plain spool file (os.write releases
+    the GIL); ``finish`` creates the HDF5 file with one contiguous uint8 dataset allocated
+    early, copies the spool into it at the offset HDF5 reports (copy_file_range, in the
+    kernel), writes the object table, fsyncs and renames."""
 
     def __init__(self, directory: str):
         self.name = f"pack-{uuid.uuid4().hex}"
         self.tmp = os.path.join(directory, self.name + ".h5.tmp")
+        self.spool_path = os.path.join(directory, self.name + ".spool.tmp")
         self.final = os.path.join(directory, self.name + ".h5")
-        self.f = h5py.File(self.tmp, "w", libver="latest")
-        self.ds = None   # created at the first flush (chunked) or at finish (contiguous)
-        self.size = 0            # bytes written to the dataset
-        self.pending = bytearray()
+        self.spool = os.open(self.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.size = 0
         self.table: list[tuple[str, int, int]] = []
 
     @property
     def nbytes(self) -> int:
-        return self.size + len(self.pending)
+        return self.size
 
     def put(self, oid: str, data) -> None:
         mv = memoryview(data).cast("B")
-        self.table.append((oid, self.nbytes, mv.nbytes))
-        if len(self.pending) + mv.nbytes >= _FLUSH:
-            self._flush(mv)
-        else:
-            self.pending += mv
-
-    def _flush(self, extra=None) -> None:
-        parts = [self.pending] if self.pending else []
-        if extra is not None and memoryview(extra).nbytes:
-            parts.append(extra)
-        n = sum(memoryview(p).nbytes for p in parts)
-        if not n:
-            return
-        if self.ds is None:
-            self.ds = self.f.create_dataset("data", shape=(0,), maxshape=(None,), dtype="u1",
-                                            chunks=(_H5_CHUNK,))
-        self.ds.resize((self.size + n,))
-        pos = self.size
-        for p in parts:
-            arr = np.frombuffer(p, dtype=np.uint8)
-            self.ds[pos:pos + arr.size] = arr
-            pos += arr.size
-        self.size += n
-        self.pending = bytearray()
+        self.table.append((oid, self.size, mv.nbytes))
+        done = 0
+        while done < mv.nbytes:
+            done += os.write(self.spool, mv[done:])
+        self.size += mv.nbytes
 
     def finish(self) -> np.ndarray:
-        if self.ds is None:   # small pack: one contiguous dataset of the exact size
-            self.f.create_dataset("data", data=np.frombuffer(bytes(self.pending), np.uint8))
-            self.size, self.pending = len(self.pending), bytearray()
-        self._flush()
         table = np.array(self.table, dtype=_IDX_DTYPE)
-        self.f.create_dataset("ids", data=table["id"])
-        self.f.create_dataset("offsets", data=table["off"])
-        self.f.create_dataset("lengths", data=table["len"])
-        self.f.attrs["format"] = "corafs-pack-1"
-        self.f.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
+        with h5py.File(self.tmp, "w", libver="latest") as f:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            space = h5py.h5s.create_simple((self.size,))
+            ds = h5py.h5d.create(f.id, b"data", h5py.h5t.NATIVE_UINT8, space, dcpl=dcpl)
+            offset = ds.get_offset()
+            f.create_dataset("ids", data=table["id"])
+            f.create_dataset("offsets", data=table["off"])
+            f.create_dataset("lengths", data=table["len"])
+            f.attrs["format"] = "corafs-pack-1"
+        fd = os.open(self.tmp, os.O_WRONLY)
         try:
+            if self.size:
+                if offset is None:
+                    raise OSError("HDF5 did not allocate the pack's data")
+                _copy_range(self.spool, fd, offset, self.size)
             os.fsync(fd)
         finally:
             os.close(fd)
+            os.close(self.spool)
+            os.unlink(self.spool_path)
         os.replace(self.tmp, self.final)
         fsync_dir(os.path.dirname(self.final))
         idx = self.final[:-3] + ".idx"
-        with open(idx + ".tmp", "wb") as f:
+        tmp = f"{idx}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as f:
             np.save(f, table)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(idx + ".tmp", idx)
+        os.replace(tmp, idx)
         return table
 
     def abort(self) -> None:
         try:
-            self.f.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+            os.close(self.spool)
+        except OSError:
+            pass
+        for p in (self.spool_path, self.tmp):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def _copy_range(src: int, dst: int, dst_offset: int, n: int) -> None:
+    src_off, dst_off, left = 0, dst_offset, n
+    while left:
+        try:
+            k = os.copy_file_range(src, dst, left, src_off, dst_off)
+        except OSError:
+            k = 0
+        if k <= 0:   # no kernel copy here: fall back to read/write
+            chunk = os.pread(src, min(left, 8 << 20), src_off)
+            k = os.pwrite(dst, chunk, dst_off)
+        src_off += k
+        dst_off += k
+        left -= k
+
+
+class _Pack:
+    """An open pack: a file descriptor and where its data lies (reads are os.pread, which
+    releases the GIL; h5py would hold it for every read)."""
+
+    def __init__(self, path: str):
+        with h5py.File(path, "r") as f:
+            ds = f["data"]
+            self.length = int(ds.shape[0])
+            self.offset = ds.id.get_offset()
+        if self.offset is None and self.length:
+            raise OSError(f"{path}: pack data is not one contiguous dataset")
+        self.fd = os.open(path, os.O_RDONLY)
+        self.file_size = os.fstat(self.fd).st_size
+
+    def read(self, off: int, ln: int) -> bytes:
+        return os.pread(self.fd, ln, self.offset + off)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class _LocalWriter(ObjectWriter):
@@ -182,7 +210,7 @@ class LocalStore(ObjectStore):
         self._lock = threading.RLock()
         self._index: dict[str, tuple[str, int, int]] = {}
         self._packs: set[str] = set()
-        self._handles: "collections.OrderedDict[str, h5py.File]" = collections.OrderedDict()
+        self._handles: "collections.OrderedDict[str, _Pack]" = collections.OrderedDict()
         os.makedirs(self.objdir, exist_ok=True)
         os.makedirs(self.refdir, exist_ok=True)
         self._scan()
@@ -207,7 +235,7 @@ class LocalStore(ObjectStore):
                 idx = os.path.join(self.objdir, name + ".idx")
                 try:
                     table = np.load(idx, allow_pickle=False)
-                except (OSError, ValueError):
+                except (OSError, ValueError, EOFError):
                     table = self._rebuild_idx(name)
                     if table is None:
                         continue
@@ -223,13 +251,14 @@ class LocalStore(ObjectStore):
                 table["len"] = f["lengths"][:]
         except (OSError, KeyError):
             return None
+        tmp = os.path.join(self.objdir, f"{name}.idx.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with open(os.path.join(self.objdir, name + ".idx.tmp"), "wb") as fh:
+            with open(tmp, "wb") as fh:
                 np.save(fh, table)
-            os.replace(os.path.join(self.objdir, name + ".idx.tmp"),
-                       os.path.join(self.objdir, name + ".idx"))
+            os.replace(tmp, os.path.join(self.objdir, name + ".idx"))
         except OSError:
-            pass
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         return table
 
     def _add_pack(self, name: str, table: np.ndarray) -> None:
@@ -247,12 +276,12 @@ class LocalStore(ObjectStore):
                 raise MissingObject(oid)
         return loc
 
-    def _handle(self, pack: str) -> h5py.File:
+    def _handle(self, pack: str) -> _Pack:
         f = self._handles.get(pack)
         if f is not None:
             self._handles.move_to_end(pack)
             return f
-        f = h5py.File(os.path.join(self.objdir, pack + ".h5"), "r")
+        f = _Pack(os.path.join(self.objdir, pack + ".h5"))
         self._handles[pack] = f
         while len(self._handles) > self.tuning.open_packs:
             _, old = self._handles.popitem(last=False)
@@ -279,19 +308,23 @@ class LocalStore(ObjectStore):
     def _read(self, oid, pack, off, ln):
         if ln == 0:
             return b""
-        with self._lock:
-            try:
-                ds = self._handle(pack)["data"]
-                if off + ln > ds.shape[0]:
-                    raise CorruptObject(oid, f"pack {pack} is truncated")
-                out = np.empty(ln, dtype=np.uint8)
-                ds.read_direct(out, np.s_[off:off + ln])
-            except CorruptObject:
-                raise
-            except (OSError, KeyError, ValueError, RuntimeError) as e:
-                self._handles.pop(pack, None)
-                raise CorruptObject(oid, f"cannot read pack {pack}: {e}") from None
-        return out.data
+        try:
+            with self._lock:
+                h = self._handle(pack)
+            if off + ln > h.length or h.offset + off + ln > h.file_size:
+                raise CorruptObject(oid, f"pack {pack} is truncated")
+            data = h.read(off, ln)
+            if len(data) != ln:
+                raise CorruptObject(oid, f"short read from pack {pack}")
+            return data
+        except CorruptObject:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            with self._lock:
+                bad = self._handles.pop(pack, None)
+            if bad is not None:
+                bad.close()
+            raise CorruptObject(oid, f"cannot read pack {pack}: {e}") from None
 
     def size_of(self, oid: str) -> int:
         return self._locate(oid)[2]

@@ -16,7 +16,7 @@ SPECIAL = {
     2: [0x7E01, 0xFC00, 0x7C00, 0x8000, 0x0001, 0x83FF, 0xFFFF, 0x7F81],
     1: [0x7F, 0xFF, 0x80, 0x00, 0x01, 0xFE],
 }
-CODECS = ["raw", "zstd", "planes-zstd", "xor-planes-zstd", "osub-planes-zstd"]
+CODECS = ["raw", "zstd", "planes-zstd", "xor-planes-zstd", "osub-planes-zstd", "osub2-planes-zstd"]
 
 
 def _arrays(dtype, n, seed, specials):
@@ -44,10 +44,12 @@ def _arrays(dtype, n, seed, specials):
        specials=st.booleans(), codec=st.sampled_from(CODECS + [None]))
 def test_block_roundtrip_bit_exact(dtype, n, seed, specials, codec):
     new, base = _arrays(dtype, n, seed, specials)
-    if codec in ("xor-planes-zstd", "osub-planes-zstd") and n == 0:
+    base2 = _arrays(dtype, n, seed + 1, specials)[1]
+    if codec in ("xor-planes-zstd", "osub-planes-zstd", "osub2-planes-zstd") and n == 0:
         codec = None
-    payload, used, depth = codecs.encode_block(new, dtype, 3, base, "b" * 32, 0, 8, codec=codec)
-    out = codecs.decode_block(payload, lambda oid: base)
+    payload, used, depth = codecs.encode_block(new, dtype, 3, base, "b" * 32, 0, 8, codec=codec,
+                                               base2=base2, base2_id="c" * 32)
+    out = codecs.decode_block(payload, lambda oid: base if oid == "b" * 32 else base2)
     assert out.tobytes() == new.tobytes()
     assert depth == (1 if codecs.REGISTRY[used].is_delta else 0)
 
@@ -64,6 +66,10 @@ def test_transforms_are_bijections(w):
         d = fwd(a.view(np.uint8), b.view(np.uint8), w)
         back = inv(d.copy(), b.view(np.uint8), w)
         assert back.tobytes() == a.tobytes()
+    c = rng.integers(0, np.iinfo(uint).max, 5000, dtype=uint, endpoint=True)
+    d = transforms.sub2_delta(a.view(np.uint8), (b.view(np.uint8), c.view(np.uint8)), w)
+    back = transforms.sub2_undo(d.copy(), (b.view(np.uint8), c.view(np.uint8)), w)
+    assert back.tobytes() == a.tobytes()
 
 
 def test_ordered_map_is_monotonic():

@@ -179,3 +179,31 @@ def test_similarity_index_rebuilt_when_missing(repo, work):
     r2 = Repository(repo.path, tuning=repo.tuning)
     fp = r2.tensor_manifest(repo.get_meta(repo.entry(repo.head("main"), "a.safetensors")["id"])["tensors"][0]["id"])["fp"]
     assert r2.simindex.nearest("F32", 128 * 128 * 4, int(fp, 16)) is not None
+
+
+def test_delta_chains_bounded_reads_exact(tmp_path, work):
+    import dataclasses
+    tuning = dataclasses.replace(SMALL, max_delta_depth=3)
+    r = Repository.init(str(tmp_path / "r"), tuning=tuning)
+    w = torch.randn(128, 256)
+    shas = []
+    for step in range(10):
+        w = w + torch.randn_like(w) * 1e-4
+        p = work / "m.pth"
+        torch.save({"w": w.clone()}, p)
+        shas.append(sha256_bytes(p.read_bytes()))
+        r.commit("main", {"m.pth": str(p)})
+    depths, codecs_used = [], set()
+    for c in r.log("main"):
+        for path, e in r.walk(c.id):
+            for t in r.get_meta(e["id"])["tensors"]:
+                for oid, depth, codec in r.tensor_manifest(t["id"])["blocks"]:
+                    depths.append(depth)
+                    codecs_used.add(codec)
+                    assert r.block_header(oid).depth == depth
+    assert max(depths) <= 3
+    assert "osub2-planes-zstd" in codecs_used or "osub-planes-zstd" in codecs_used
+    for i, sha in enumerate(reversed(shas)):
+        assert sha256_bytes(r.read_file(f"main~{i}:m.pth")) == sha
+    assert r.fsck().ok
+    r.close()

@@ -24,6 +24,8 @@ class Codec:
     name: ClassVar[str]
     is_delta: ClassVar[bool] = False
     lossy: ClassVar[bool] = False
+    #: how many base blocks decoding needs (the block it deltas against, then that one's base)
+    bases: ClassVar[int] = 1
 
     def encode(self, raw: np.ndarray, dt: DType, base: Optional[np.ndarray], level: int) -> bytes:
         raise NotImplementedError
@@ -107,8 +109,20 @@ class SubPlanesZstd(_DeltaPlanes):
     inverse = staticmethod(transforms.sub_undo)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sub2PlanesZstd(_DeltaPlanes):
+    """Second order: residual against 2*ordered(prev) - ordered(prev's base), byte planes,
+    zstd. Training moves weights in consistent directions (momentum), so extrapolating the
+    last step predicts better than the last value. ``base`` is the pair (prev, prev's base)."""
+
+    name: ClassVar[str] = "osub2-planes-zstd"
+    bases: ClassVar[int] = 2
+    forward = staticmethod(transforms.sub2_delta)
+    inverse = staticmethod(transforms.sub2_undo)
+
+
 REGISTRY: dict[str, Codec] = {c.name: c for c in (
-    Raw(), Zstd(), PlanesZstd(), XorPlanesZstd(), SubPlanesZstd())}
+    Raw(), Zstd(), PlanesZstd(), XorPlanesZstd(), SubPlanesZstd(), Sub2PlanesZstd())}
 
 
 def register(codec: Codec) -> None:
@@ -124,6 +138,11 @@ class BlockHeader:
     depth: int
     base: Optional[str]
     body_offset: int
+
+    @property
+    def base_ids(self) -> list[str]:
+        """The blocks decoding needs: the one this is a delta against first."""
+        return self.base.split(",") if self.base else []
 
 
 def pack_header(codec: str, dtype: str, raw_len: int, depth: int, base: Optional[str]) -> bytes:
@@ -148,31 +167,39 @@ def parse_header(payload) -> BlockHeader:
 
 def encode_block(raw: np.ndarray, dtype: str, level: int, base: Optional[np.ndarray] = None,
                  base_id: Optional[str] = None, base_depth: int = 0, max_depth: int = 8,
-                 codec: Optional[str] = None) -> tuple[bytes, str, int]:
+                 codec: Optional[str] = None, base2: Optional[np.ndarray] = None,
+                 base2_id: Optional[str] = None) -> tuple[bytes, str, int]:
     """Encode one block; return ``(payload, codec name, depth)``.
 
-    Without ``codec``, picks the smallest of keyframe / XOR delta / ordered-sub delta, judged
-    cheaply on a sample, and keeps a delta only if it beats the keyframe."""
+    ``base2`` is the base's own base (for the second-order codec). Without ``codec``, picks the
+    smallest of keyframe / XOR / ordered-sub / second-order deltas, judged cheaply on a sample,
+    and keeps a delta only if it beats the keyframe."""
     dt = lookup(dtype)
     usable = (base is not None and base_id is not None and dt.is_float
               and base.size == raw.size and base_depth < max_depth)
+    usable2 = usable and base2 is not None and base2_id is not None and base2.size == raw.size
     if codec is None:
         if raw.size == 0:
             codec = "raw"
         elif not usable:
             codec = "planes-zstd" if dt.kind != "b" else "zstd"
         else:
-            codec = _choose(raw, dt, base)
+            codec = _choose(raw, dt, base, base2 if usable2 else None)
     c = REGISTRY[codec]
     if not c.is_delta:
         body = c.encode(raw, dt, None, level)
         if len(body) >= raw.size and codec != "raw":
             codec, body = "raw", raw.tobytes()
         return pack_header(codec, dtype, raw.size, 0, None) + body, codec, 0
-    body = c.encode(raw, dt, base, level)
+    if c.bases == 2:
+        body = c.encode(raw, dt, (base, base2), level)
+        ids = f"{base_id},{base2_id}"
+    else:
+        body = c.encode(raw, dt, base, level)
+        ids = base_id
     if len(body) >= raw.size:   # a delta that does not pay: fall back to a keyframe
         return encode_block(raw, dtype, level)
-    return pack_header(codec, dtype, raw.size, base_depth + 1, base_id) + body, codec, base_depth + 1
+    return pack_header(codec, dtype, raw.size, base_depth + 1, ids) + body, codec, base_depth + 1
 
 
 _SAMPLE = 64 << 10
@@ -185,12 +212,15 @@ def _sample(a: np.ndarray, w: int) -> np.ndarray:
     return np.concatenate([a[i * step:i * step + _SAMPLE] for i in range(4)])
 
 
-def _choose(raw: np.ndarray, dt: DType, base: np.ndarray) -> str:
+def _choose(raw: np.ndarray, dt: DType, base: np.ndarray, base2: Optional[np.ndarray]) -> str:
     w = _width(dt, raw.size)
     r, b = _sample(raw, w), _sample(base, w)
     sizes = {"planes-zstd": len(planes.encode(r, w, 1))}
     for name in ("xor-planes-zstd", "osub-planes-zstd"):
         sizes[name] = len(REGISTRY[name].encode(r, dt, b, 1))
+    if base2 is not None:
+        sizes["osub2-planes-zstd"] = len(REGISTRY["osub2-planes-zstd"].encode(
+            r, dt, (b, _sample(base2, w)), 1))
     # a delta must beat the keyframe by a margin to be worth its decode cost
     best = min(sizes, key=sizes.get)
     if best != "planes-zstd" and sizes[best] > 0.97 * sizes["planes-zstd"]:
@@ -204,7 +234,13 @@ def decode_block(payload, get_base: Callable[[str], np.ndarray]) -> np.ndarray:
     c = REGISTRY.get(h.codec)
     if c is None:
         raise ValueError(f"unknown codec {h.codec!r}")
-    base = get_base(h.base) if c.is_delta else None
+    if not c.is_delta:
+        base = None
+    elif c.bases == 2:
+        ids = h.base.split(",")
+        base = (get_base(ids[0]), get_base(ids[1]))
+    else:
+        base = get_base(h.base)
     out = c.decode(memoryview(payload)[h.body_offset:], lookup(h.dtype), h.raw_len, base)
     if out.size != h.raw_len:
         raise ValueError(f"decoded {out.size} bytes, header says {h.raw_len}")

@@ -60,3 +60,23 @@ def sub_undo(delta: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     np.bitwise_and(ti, SINT[width](np.iinfo(SINT[width]).max), out=ti)
     np.bitwise_xor(zi, ti, out=zi)
     return delta
+
+
+def _predict2(base: np.ndarray, base2: np.ndarray, width: int) -> np.ndarray:
+    """Linear extrapolation in ordered-integer space: 2*ordered(base) - ordered(base2)
+    (modular), returned as unsigned float bits to subtract against."""
+    p = _ordered(lanes(base, width), width)
+    q = _ordered(lanes(base2, width), width)
+    np.left_shift(p, 1, out=p)
+    np.subtract(p, q, out=p)
+    _ordered(p.view(UINT[width]), width, out=q)
+    return q.view(UINT[width]).view(np.uint8)
+
+
+def sub2_delta(new: np.ndarray, bases: tuple, width: int) -> np.ndarray:
+    """Second-order residual: new against the extrapolation of its two predecessors."""
+    return sub_delta(new, _predict2(bases[0], bases[1], width), width)
+
+
+def sub2_undo(delta: np.ndarray, bases: tuple, width: int) -> np.ndarray:
+    return sub_undo(delta, _predict2(bases[0], bases[1], width), width)

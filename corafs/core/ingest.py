@@ -212,16 +212,25 @@ class Ingestor:
         self._inflight.append(fut)
 
     def _encode(self, oid: str, buf: np.ndarray, dtype: str, base) -> tuple[str, int]:
-        base_raw = base_id = None
+        base_raw = base_id = base2_raw = base2_id = None
         depth = 0
         if base is not None and base[0] != oid:
-            base_id, depth = base[0], base[1]
             try:
+                base_id, depth = base[0], base[1]
+                if depth >= self.t.max_delta_depth:
+                    # chain is as deep as allowed: delta against its root keyframe instead of
+                    # starting a new keyframe (a far delta is still far smaller)
+                    base_id, depth = self.repo.chain_root(base_id), 0
                 base_raw = self.repo.decoder.raw(base_id)
+                if depth > 0:
+                    base2_id = self.repo.block_header(base_id).base_ids[0]
+                    base2_raw = self.repo.decoder.raw(base2_id)
             except Exception:   # an unreadable reference only costs compression
-                base_raw = base_id = None
+                base_raw = base_id = base2_raw = base2_id = None
+                depth = 0
         payload, codec, d = codecs.encode_block(buf, dtype, self.t.zstd_level, base_raw, base_id,
-                                                depth, self.t.max_delta_depth)
+                                                depth, self.t.max_delta_depth,
+                                                base2=base2_raw, base2_id=base2_id)
         self.writer.put(oid, payload)
         with self._lock:
             self._new_bytes += len(payload)

@@ -155,10 +155,22 @@ class Repository:
             raise CorafsError(f"object {tid} is not a tensor manifest")
         return json.loads(zstd.decompress(payload[3:], 1 << 31))
 
+    def block_header(self, oid: str) -> "codecs.BlockHeader":
+        return codecs.parse_header(self.store.get_range(oid, 0, 600))
+
     def block_info(self, oid: str) -> tuple[str, int]:
         """(codec, delta depth) of a stored block, from its header alone."""
-        h = codecs.parse_header(self.store.get_range(oid, 0, 600))
+        h = self.block_header(oid)
         return h.codec, h.depth
+
+    def chain_root(self, oid: str) -> str:
+        """The keyframe at the bottom of a block's delta chain."""
+        for _ in range(256):
+            h = self.block_header(oid)
+            if not h.base_ids:
+                return oid
+            oid = h.base_ids[0]
+        raise CorafsError(f"delta chain of {oid} does not end")
 
     def reference_tensors(self, file_manifest: dict) -> dict[str, dict]:
         """Tensor manifests of a file version by tensor name: the default delta references."""

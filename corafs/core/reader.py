@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from concurrent.futures import Future
 from typing import Iterator, Optional
 
 import numpy as np
@@ -14,6 +15,9 @@ import numpy as np
 from .. import codecs
 from ..errors import CorafsError, CorruptObject, MissingObject
 from .objects import data_id
+
+
+_tls = threading.local()
 
 
 class BlockCache:
@@ -55,7 +59,8 @@ class BlockCache:
 
 
 class Decoder:
-    """Turns data-object ids into their bytes, verifying each against its id."""
+    """Turns data-object ids into their bytes, verifying each against its id. Concurrent
+    requests for one object share a single decode (a read and a prefetch of the same block)."""
 
     def __init__(self, store, cache: BlockCache):
         self.store = store
@@ -63,11 +68,39 @@ class Decoder:
         #: number of objects decoded (not served from cache); tests and benchmarks read it
         self.decoded = 0
         self.decoded_bytes = 0
+        self._inflight: dict[str, "Future"] = {}
+        self._lock = threading.Lock()
 
     def raw(self, oid: str, _depth: int = 0) -> np.ndarray:
         arr = self.cache.get(oid)
         if arr is not None:
             return arr
+        stack = getattr(_tls, "stack", None)
+        if stack is None:
+            stack = _tls.stack = set()
+        if oid in stack:   # only a corrupt header can point a chain back at itself
+            raise CorruptObject(oid, "delta chain loops back on itself")
+        with self._lock:
+            fut = self._inflight.get(oid)
+            mine = fut is None
+            if mine:
+                fut = self._inflight[oid] = Future()
+        if not mine:
+            return fut.result()
+        stack.add(oid)
+        try:
+            arr = self._decode(oid, _depth)
+            fut.set_result(arr)
+            return arr
+        except BaseException as e:
+            fut.set_exception(e)
+            raise
+        finally:
+            stack.discard(oid)
+            with self._lock:
+                self._inflight.pop(oid, None)
+
+    def _decode(self, oid: str, _depth: int) -> np.ndarray:
         if _depth > 64:
             raise CorruptObject(oid, "delta chain too deep (cycle?)")
         payload = self.store.get(oid)
@@ -82,10 +115,23 @@ class Decoder:
         if data_id(arr) != oid:
             raise CorruptObject(oid, "decoded bytes do not match the object id")
         arr.flags.writeable = False
-        self.decoded += 1
-        self.decoded_bytes += arr.nbytes
+        with self._lock:
+            self.decoded += 1
+            self.decoded_bytes += arr.nbytes
         self.cache.put(oid, arr)
         return arr
+
+    def prefetch(self, pool, oids) -> None:
+        """Decode ``oids`` in the background (skipping cached and in-flight ones)."""
+        for oid in oids:
+            if self.cache.get(oid) is None and oid not in self._inflight:
+                pool.submit(self._quiet, oid)
+
+    def _quiet(self, oid: str) -> None:
+        try:
+            self.raw(oid)
+        except Exception:   # the reader will meet (and report) the error itself
+            pass
 
 
 class FileReader:

@@ -1,0 +1,43 @@
+"""``corafs mount`` / ``corafs umount``."""
+from __future__ import annotations
+
+import re
+
+from ..daemon import MountOptions, mount, umount
+from ..errors import CorafsError
+
+
+def parse_size(s: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", s)
+    if not m:
+        raise CorafsError(f"bad size {s!r} (use e.g. 512M, 2G)")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def add(cmd) -> None:
+    sp = cmd("mount", cmd_mount, "mount a repository as a filesystem")
+    sp.add_argument("repo")
+    sp.add_argument("mountpoint")
+    sp.add_argument("-f", "--foreground", action="store_true", help="stay attached")
+    sp.add_argument("--cache-size", default="512M",
+                    help="bytes of decoded blocks kept in memory (default 512M)")
+    sp.add_argument("--read-ahead-kb", type=int, default=1024,
+                    help="kernel read-ahead for the mount (default 1024; 0 leaves it)")
+    sp.add_argument("--log", help="daemon log file (default REPO/logs/mount.log)")
+    sp.add_argument("--debug", action="store_true")
+
+    sp = cmd("umount", cmd_umount, "unmount (fusermount3 -u works too)")
+    sp.add_argument("mountpoint")
+
+
+def cmd_mount(a):
+    opts = MountOptions(foreground=a.foreground, cache_size=parse_size(a.cache_size),
+                        read_ahead_kb=a.read_ahead_kb, debug=a.debug, log_file=a.log)
+    mount(a.repo, a.mountpoint, opts)
+    if not a.foreground:
+        print(f"mounted {a.repo} at {a.mountpoint}")
+
+
+def cmd_umount(a):
+    umount(a.mountpoint)

@@ -1,0 +1,209 @@
+"""The mount daemon's lifecycle, in a known order: validate (before daemonizing, so errors reach
+the user's terminal), fork, open the repository after the fork (HDF5 and thread pools do not
+survive one), ``pyfuse3.init``, background tasks (ref polling, signals, read-ahead), then
+``pyfuse3.main``. SIGTERM/SIGINT unmount cleanly. After a crash the mount is *not* unmounted:
+a dead mount ("Transport endpoint is not connected") is noticed, an empty directory is not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from ..config import DEFAULT
+from ..core import Repository
+from ..errors import CorafsError
+
+log = logging.getLogger("corafs.mount")
+
+
+@dataclasses.dataclass
+class MountOptions:
+    foreground: bool = False
+    cache_size: int = 512 << 20
+    read_ahead_kb: int = 1024
+    refresh_interval: float = 1.0
+    debug: bool = False
+    log_file: Optional[str] = None
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    mp = os.path.abspath(mountpoint)
+    if not os.path.exists("/dev/fuse"):
+        raise CorafsError("/dev/fuse is missing: FUSE is not available on this machine")
+    if not os.path.isdir(mp):
+        raise CorafsError(f"mountpoint {mp} is not a directory")
+    if os.path.ismount(mp):
+        raise CorafsError(f"mountpoint {mp} is busy: something is already mounted there")
+    if os.listdir(mp):
+        raise CorafsError(f"mountpoint {mp} is not empty")
+    return mp
+
+
+def mount(repo_path: str, mountpoint: str, opts: MountOptions) -> None:
+    Repository(repo_path).close()            # an invalid repository fails here, in the caller
+    mp = check_mountpoint(mountpoint)
+    log_file = opts.log_file or os.path.join(os.path.abspath(repo_path), "logs", "mount.log")
+    if opts.foreground:
+        _setup_logging(None, opts.debug)
+        serve(repo_path, mp, opts, ready_fd=None)
+        return
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the daemon
+        os.close(r)
+        os.setsid()
+        code = 0
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            logfd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            _setup_logging(None, opts.debug)
+            serve(repo_path, mp, opts, ready_fd=w)
+        except BaseException as e:  # report to the waiting parent, then exit
+            code = 1
+            try:
+                os.write(w, f"error: {e}".encode())
+            except OSError:
+                pass
+            log.exception("mount daemon failed")
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        msg += chunk
+        if msg.startswith(b"ok"):
+            break
+    os.close(r)
+    if not msg.startswith(b"ok"):
+        os.waitpid(pid, 0)
+        raise CorafsError(msg.decode(errors="replace").removeprefix("error: ") or
+                          f"mount daemon exited early (see {log_file})")
+
+
+def _setup_logging(path, debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
+    import pyfuse3
+    import trio
+
+    from ..fuse import Operations
+    from ..view import MountView
+
+    repo = Repository(repo_path, tuning=dataclasses.replace(DEFAULT,
+                                                            block_cache_bytes=opts.cache_size))
+    ops = Operations(MountView(repo))
+    fuse_opts = set(pyfuse3.default_options)
+    fuse_opts |= {"fsname=corafs", "subtype=corafs"}
+    if opts.debug:
+        fuse_opts.add("debug")
+    pyfuse3.init(ops, mp, fuse_opts)
+    clean = False
+    try:
+        trio.run(_main, ops, mp, opts, ready_fd)
+        clean = True
+    finally:
+        pyfuse3.close(unmount=clean)
+        repo.close()
+        log.info("unmounted %s", mp)
+
+
+async def _main(ops, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
+    import pyfuse3
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_signals)
+        nursery.start_soon(_refresher, ops, opts.refresh_interval)
+        nursery.start_soon(_ready, mp, opts, ready_fd)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _signals() -> None:
+    import pyfuse3
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for sig in sigs:
+            log.info("signal %s: unmounting", sig)
+            pyfuse3.terminate()
+            return
+
+
+async def _ready(mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
+    import trio
+
+    # a stat through the mount proves the kernel handshake is done
+    st = await trio.to_thread.run_sync(os.stat, mp)
+    if opts.read_ahead_kb:
+        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        try:
+            with open(path, "w") as f:
+                f.write(str(opts.read_ahead_kb))
+        except OSError as e:
+            log.info("could not set read-ahead (%s): %s", path, e)
+    log.info("mounted at %s", mp)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok")
+        os.close(ready_fd)
+
+
+async def _refresher(ops, interval: float) -> None:
+    """Poll refs; make the kernel forget what a moved ref changed."""
+    import pyfuse3
+    import trio
+
+    while True:
+        await trio.sleep(interval)
+        try:
+            todo = await trio.to_thread.run_sync(ops.view.refresh)
+        except Exception:
+            log.exception("refresh failed")
+            continue
+        for item in todo:
+            try:
+                if item[0] == "entry":
+                    pyfuse3.invalidate_entry_async(item[1], os.fsencode(item[2]),
+                                                   ignore_enoent=True)
+                else:
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, item[1])
+            except OSError:
+                pass   # the kernel had already forgotten it
+
+
+def umount(mountpoint: str, timeout: float = 60.0) -> None:
+    mp = os.path.abspath(mountpoint)
+    if not os.path.ismount(mp):
+        raise CorafsError(f"{mp} is not mounted")
+    try:
+        pid = int(os.getxattr(mp, "user.corafs.pid"))
+    except (OSError, ValueError):
+        pid = None
+    p = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise CorafsError(f"cannot unmount {mp}: {p.stderr.strip() or p.stdout.strip()}")
+    deadline = time.monotonic() + timeout
+    while pid is not None and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break
+        except OSError:
+            break
+        time.sleep(0.05)

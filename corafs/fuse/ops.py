@@ -1,0 +1,227 @@
+"""pyfuse3 operations: a protocol adapter only. It translates inodes, handles and errors to and
+from ``corafs.view.MountView``; what the tree *is* lives there.
+
+One error boundary (``_guard``): nothing but FUSEError leaves a handler. Domain errors map to
+errno in one table; a missing or corrupt object is logged with its id and answered with EIO,
+and the rest of the filesystem keeps working.
+
+Which awaits may interleave: every handler runs blocking work (decoding, store reads, tree
+walks) in worker threads via ``trio.to_thread.run_sync``; the view is thread-safe, so two
+handlers may be inside it at once. File handles are only created in ``open`` and dropped in
+``release``, both on the trio thread.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from typing import Optional
+
+import pyfuse3
+import trio
+
+from ..errors import CorafsError, CorruptObject, InvalidName, NotFound
+from ..view import MountView, Node
+
+log = logging.getLogger("corafs.fuse")
+
+ERRNO = [                      # most specific first
+    (NotFound, errno.ENOENT),
+    (CorruptObject, errno.EIO),
+    (InvalidName, errno.EINVAL),
+    (CorafsError, errno.EIO),
+]
+
+
+def errno_of(exc: BaseException) -> int:
+    for cls, code in ERRNO:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _guard(fn):
+    @functools.wraps(fn)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except NotFound:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except CorruptObject as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:  # the boundary: anything else would kill the filesystem
+            code = errno_of(e)
+            if code == errno.EIO:
+                log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(code) from None
+    return wrapper
+
+
+class _FileHandle:
+    __slots__ = ("reader", "inode", "next_off", "prefetched_to")
+
+    def __init__(self, reader, inode):
+        self.reader = reader
+        self.inode = inode
+        self.next_off = 0
+        self.prefetched_to = 0
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, view: MountView, read_threads: int = 4, prefetch_bytes: int = 32 << 20):
+        super().__init__()
+        self.view = view
+        self.repo = view.repo
+        self.limiter = trio.CapacityLimiter(read_threads)
+        self.prefetch_bytes = prefetch_bytes
+        self.files: dict[int, _FileHandle] = {}
+        self.dirs: dict[int, list] = {}
+        self._next_fh = 1
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def _fh(self) -> int:
+        self._next_fh += 1
+        return self._next_fh
+
+    def _attrs(self, n: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = n.inode
+        a.generation = 0
+        a.entry_timeout = n.ttl
+        a.attr_timeout = n.ttl
+        a.st_mode = n.mode
+        a.st_nlink = 2 if n.kind == "dir" else 1
+        a.st_uid = os.getuid()
+        a.st_gid = os.getgid()
+        a.st_size = n.size
+        a.st_blksize = 1 << 20
+        a.st_blocks = (n.size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = n.mtime_ns
+        return a
+
+    # -- metadata --------------------------------------------------------------------------------
+    @_guard
+    async def lookup(self, parent_inode, name, ctx=None):
+        n = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
+        return self._attrs(n)
+
+    @_guard
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(self.view.node(inode))
+
+    @_guard
+    async def readlink(self, inode, ctx):
+        return self.view.readlink(inode)
+
+    async def forget(self, inode_list):
+        for inode, n in inode_list:   # must not raise
+            try:
+                self.view.forget(inode, n)
+            except Exception:
+                log.exception("forget(%s) failed", inode)
+
+    @_guard
+    async def opendir(self, inode, ctx):
+        entries = await self._run(self.view.listdir, inode)
+        fh = self._fh()
+        self.dirs[fh] = entries      # a snapshot: offsets stay stable for this handle
+        return fh
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        entries = self.dirs[fh]
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(node), i + 1):
+                return
+            self.view.remember(node.inode)
+
+    async def releasedir(self, fh):
+        self.dirs.pop(fh, None)
+
+    @_guard
+    async def statfs(self, ctx):
+        st = pyfuse3.StatvfsData()
+        vfs = os.statvfs(self.repo.path)
+        st.f_bsize = st.f_frsize = vfs.f_frsize
+        st.f_blocks, st.f_bfree, st.f_bavail = vfs.f_blocks, vfs.f_bfree, vfs.f_bavail
+        st.f_files, st.f_ffree, st.f_favail = vfs.f_files, vfs.f_ffree, vfs.f_favail
+        st.f_namemax = 255
+        return st
+
+    @_guard
+    async def getxattr(self, inode, name, ctx):
+        if inode == pyfuse3.ROOT_INODE and name == b"user.corafs.pid":
+            return str(os.getpid()).encode()     # lets `corafs umount` wait for the daemon
+        v = self.view.xattrs(inode).get(os.fsdecode(name))
+        if v is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return v
+
+    @_guard
+    async def listxattr(self, inode, ctx):
+        return [os.fsencode(k) for k in self.view.xattrs(inode)]
+
+    # -- reading ----------------------------------------------------------------------------------
+    @_guard
+    async def open(self, inode, flags, ctx):
+        n = self.view.node(inode)
+        if n.kind != "file":
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        reader = await self._run(self.view.open_reader, inode)
+        fh = self._fh()
+        self.files[fh] = _FileHandle(reader, inode)
+        # a file inode never changes content (its key holds its version): keep the page cache
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guard
+    async def read(self, fh, off, size):
+        h = self.files[fh]
+        data = await self._run(h.reader.read, off, size)
+        self._prefetch(h, off, len(data))
+        return data
+
+    def _prefetch(self, h: _FileHandle, off: int, n: int) -> None:
+        """Sequential reads decode ahead in the repository's worker pool."""
+        sequential = off == h.next_off
+        h.next_off = off + n
+        if not sequential or n == 0:
+            return
+        start = max(h.next_off, h.prefetched_to)
+        end = min(h.reader.size, h.next_off + self.prefetch_bytes)
+        if end - start < self.prefetch_bytes // 4:
+            return
+        oids = h.reader.objects_for(start, end - start)
+        h.prefetched_to = end
+        self.repo.decoder.prefetch(self.repo.pool, oids)
+
+    async def release(self, fh):
+        self.files.pop(fh, None)
+
+    # -- writes: everything is read-only until the write side exists ------------------------------
+    async def _erofs(self, *args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = _erofs
+    setxattr = removexattr = _erofs
+
+    @_guard
+    async def access(self, inode, mode, ctx):
+        n = self.view.node(inode)
+        if mode & os.W_OK and not n.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+

@@ -405,7 +405,8 @@ class Repository:
         head_tree = self.commit_obj(head).tree
         results: list[tuple[str, IngestResult]] = []
         changes: dict[str, Optional[dict]] = {}
-        with self.store.writer() as w:
+        w = self.store.writer()
+        try:
             ing = Ingestor(self, w, self.pool, on_progress, lossy)
             ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
             for dest, src in files.items():
@@ -414,29 +415,37 @@ class Repository:
                 res = ing.ingest_path(src, os.path.basename(dest), ref)
                 results.append((dest, res))
                 changes[dest] = res.entry
+            for dest, e in (entries or {}).items():
+                changes[dest] = e
+            for p in deletes:
+                changes[p] = tree.DELETE
+            for p in mkdirs:
+                changes[p] = tree.MKDIR
+            if message is None:
+                message = describe_changes(self, head_tree, changes)
+            used_lossy = any(r.manifest.get("lossy") for _, r in results)
+            # the first attempt writes its tree and commit into the same pack as the data
+            cid, retries = self.commit_changes(branch, changes, message, author, head,
+                                               lossy=used_lossy, writer=w)
+        except BaseException:
+            w.abort()
+            raise
         self.simindex.add(ing.fingerprints)   # objects are durable now
-        for dest, e in (entries or {}).items():
-            changes[dest] = e
-        for p in deletes:
-            changes[p] = tree.DELETE
-        for p in mkdirs:
-            changes[p] = tree.MKDIR
-        if message is None:
-            message = describe_changes(self, head_tree, changes)
-        used_lossy = any(r.manifest.get("lossy") for _, r in results)
-        cid, retries = self.commit_changes(branch, changes, message, author, head, lossy=used_lossy)
         return CommitResult(cid, results, retries)
 
     def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,
                        author: Optional[str] = None, expected: Optional[str] = None,
-                       lossy: bool = False, retries: int = 20) -> tuple[Optional[str], int]:
+                       lossy: bool = False, retries: int = 20,
+                       writer=None) -> tuple[Optional[str], int]:
         """Apply a change set on top of the branch head and move the ref by compare-and-swap,
-        re-applying onto a new head if another writer got there first."""
+        re-applying onto a new head if another writer got there first. ``writer``: an open
+        batch (holding the files' data) that the first attempt completes and commits."""
         revparse.check_ref_name(branch)
         head = expected or self.head(branch)
         for attempt in range(retries + 1):
             base_tree = self.commit_obj(head).tree
-            with self.store.writer() as w:
+            w, writer = (writer or self.store.writer()), None
+            with w:
                 new_tree = tree.apply(self, w, base_tree, changes)
                 if new_tree == base_tree:
                     return None, attempt

@@ -155,9 +155,13 @@ class FileReader:
         if offset >= self.size or size <= 0:
             return b""
         end = min(self.size, offset + size)
+        i = self.extent_at(offset)
+        start = int(self.starts[i])
+        if end <= start + int(self.lens[i]):       # inside one extent: one copy
+            o = int(self.offs[i]) + offset - start
+            return self.decoder.raw(self.objs[i])[o:o + end - offset].tobytes()
         out = bytearray(end - offset)
         mv = memoryview(out)
-        i = self.extent_at(offset)
         pos = offset
         while pos < end:
             start = int(self.starts[i])

@@ -105,8 +105,9 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     from ..fuse import Operations
     from ..view import MountView
 
-    repo = Repository(repo_path, tuning=dataclasses.replace(DEFAULT,
-                                                            block_cache_bytes=opts.cache_size))
+    sys.setswitchinterval(DEFAULT.mount_switch_interval)
+    repo = Repository(repo_path, tuning=dataclasses.replace(
+        DEFAULT, block_cache_bytes=opts.cache_size, workers=DEFAULT.mount_workers))
     ops = Operations(MountView(repo))
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts |= {"fsname=corafs", "subtype=corafs"}

@@ -64,28 +64,32 @@ def _guard(fn):
 
 
 class _FileHandle:
-    __slots__ = ("reader", "inode", "next_off", "prefetched_to")
+    __slots__ = ("reader", "inode", "next_off", "prefetched_to", "window")
 
     def __init__(self, reader, inode):
         self.reader = reader
         self.inode = inode
         self.next_off = 0
         self.prefetched_to = 0
+        self.window = 0
 
 
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, view: MountView, read_threads: int = 4, prefetch_bytes: int = 32 << 20):
+    def __init__(self, view: MountView, read_threads: int = 4, prefetch_bytes: int = 32 << 20,
+                 prefetch_start: int = 4 << 20):
         super().__init__()
         self.view = view
         self.repo = view.repo
         self.limiter = trio.CapacityLimiter(read_threads)
         self.prefetch_bytes = prefetch_bytes
+        self.prefetch_start = prefetch_start
         self.files: dict[int, _FileHandle] = {}
         self.dirs: dict[int, list] = {}
         self._next_fh = 1
+        self.reads = self.read_bytes = 0
 
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -164,6 +168,11 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if inode == pyfuse3.ROOT_INODE and name == b"user.corafs.pid":
             return str(os.getpid()).encode()     # lets `corafs umount` wait for the daemon
+        if inode == pyfuse3.ROOT_INODE and name == b"user.corafs.stats":
+            d, c = self.repo.decoder, self.repo.cache
+            return (f"reads={self.reads} read_bytes={self.read_bytes} "
+                    f"decoded_objects={d.decoded} decoded_bytes={d.decoded_bytes} "
+                    f"cache_bytes={c.bytes} cache_hits={c.hits} cache_misses={c.misses}").encode()
         v = self.view.xattrs(inode).get(os.fsdecode(name))
         if v is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -191,18 +200,27 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         h = self.files[fh]
         data = await self._run(h.reader.read, off, size)
+        self.reads += 1
+        self.read_bytes += len(data)
         self._prefetch(h, off, len(data))
         return data
 
     def _prefetch(self, h: _FileHandle, off: int, n: int) -> None:
-        """Sequential reads decode ahead in the repository's worker pool."""
-        sequential = off == h.next_off
-        h.next_off = off + n
+        """Sequential reads decode ahead in the repository's worker pool. Like the kernel's
+        read-ahead, the window starts small and doubles while reads stay sequential, so a
+        short read (one tensor out of a large file) decodes little beyond what it asked."""
+        # the kernel's read-ahead requests run concurrently and may arrive out of order:
+        # anything near the frontier counts as sequential
+        sequential = abs(off - h.next_off) <= (4 << 20)
+        h.next_off = max(h.next_off, off + n) if sequential else off + n
         if not sequential or n == 0:
+            h.window = 0
+            h.prefetched_to = 0
             return
+        h.window = min(self.prefetch_bytes, max(self.prefetch_start, h.window * 2))
         start = max(h.next_off, h.prefetched_to)
-        end = min(h.reader.size, h.next_off + self.prefetch_bytes)
-        if end - start < self.prefetch_bytes // 4:
+        end = min(h.reader.size, h.next_off + h.window)
+        if end <= start:
             return
         oids = h.reader.objects_for(start, end - start)
         h.prefetched_to = end

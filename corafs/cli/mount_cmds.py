@@ -25,15 +25,22 @@ def add(cmd) -> None:
     sp.add_argument("--read-ahead-kb", type=int, default=1024,
                     help="kernel read-ahead for the mount (default 1024; 0 leaves it)")
     sp.add_argument("--log", help="daemon log file (default REPO/logs/mount.log)")
+    sp.add_argument("--commit-delay", type=float, default=1.0,
+                    help="seconds of quiet before staged writes become a commit (default 1)")
+    sp.add_argument("--author", help="author of the mount's commits (default: repository's)")
     sp.add_argument("--debug", action="store_true")
 
     sp = cmd("umount", cmd_umount, "unmount (fusermount3 -u works too)")
     sp.add_argument("mountpoint")
 
+    sp = cmd("status", cmd_status, "mount state, staged changes, files kept after a crash")
+    sp.add_argument("repo")
+
 
 def cmd_mount(a):
     opts = MountOptions(foreground=a.foreground, cache_size=parse_size(a.cache_size),
-                        read_ahead_kb=a.read_ahead_kb, debug=a.debug, log_file=a.log)
+                        read_ahead_kb=a.read_ahead_kb, debug=a.debug, log_file=a.log,
+                        commit_delay=a.commit_delay, author=a.author)
     mount(a.repo, a.mountpoint, opts)
     if not a.foreground:
         print(f"mounted {a.repo} at {a.mountpoint}")
@@ -41,3 +48,17 @@ def cmd_mount(a):
 
 def cmd_umount(a):
     umount(a.mountpoint)
+
+
+def cmd_status(a):
+    from ..core import Repository
+    from ..daemon import MountLock
+    from ..view.staging import status_lines
+    Repository(a.repo).close()
+    holder = MountLock(a.repo).holder()
+    print(f"mounted: {holder}" if holder else "not mounted")
+    lines = status_lines(a.repo)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("nothing staged")

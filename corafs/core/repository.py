@@ -433,6 +433,26 @@ class Repository:
         self.simindex.add(ing.fingerprints)   # objects are durable now
         return CommitResult(cid, results, retries)
 
+    def ingest(self, src: str, dest: str, branch: str,
+               on_progress: Optional[Callable[[int], None]] = None) -> IngestResult:
+        """Ingest one local file as the next version of ``dest`` on ``branch`` (its previous
+        version there is the delta reference). Objects are durable on return; nothing is
+        committed: pass ``result.entry`` to ``commit_changes``."""
+        tree.split_path(dest)
+        head_tree = self.commit_obj(self.head(branch)).tree
+        w = self.store.writer()
+        try:
+            ing = Ingestor(self, w, self.pool, on_progress)
+            ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
+            res = ing.ingest_path(src, os.path.basename(dest),
+                                  self._previous_manifest(head_tree, dest))
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+        self.simindex.add(ing.fingerprints)
+        return res
+
     def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,
                        author: Optional[str] = None, expected: Optional[str] = None,
                        lossy: bool = False, retries: int = 20,
@@ -508,8 +528,8 @@ class _Lazy:
 
 
 def describe_changes(repo, base_tree: str, changes: dict[str, Optional[dict]]) -> str:
-    """A generated commit message: "Update model.pth", "Add 3 files", ..."""
-    added, updated, removed = [], [], []
+    """A generated commit message: "Update model.pth", "Add 3 files", "Rename a to b"..."""
+    added, updated, removed = {}, [], {}
     for path, e in changes.items():
         try:
             old = tree.lookup(repo, base_tree, path)
@@ -517,16 +537,25 @@ def describe_changes(repo, base_tree: str, changes: dict[str, Optional[dict]]) -
             old = None
         if e is None:
             if old is not None:
-                removed.append(path)
+                removed[path] = old.get("id")
+        elif e.get("kind") == "dir" and "id" not in e:
+            continue                                  # a new directory is not a file
         elif old is None:
-            added.append(path)
+            added[path] = e.get("id")
         elif old.get("id") != e.get("id"):
             updated.append(path)
+    renamed = []
+    for path, oid in list(added.items()):
+        src = next((p for p, o in removed.items() if o == oid), None)
+        if src is not None:
+            renamed.append(f"{src} to {path}")
+            del added[path]
+            del removed[src]
     parts = []
-    for verb, items in (("Add", added), ("Update", updated), ("Remove", removed)):
+    for verb, items in (("Add", list(added)), ("Update", updated), ("Rename", renamed),
+                        ("Remove", list(removed))):
         if len(items) == 1:
             parts.append(f"{verb} {items[0]}")
         elif items:
             parts.append(f"{verb} {len(items)} files")
-    return ", ".join(parts) or "No changes"
-
+    return ", ".join(parts) or "Update directories"

@@ -1,4 +1,4 @@
 """Mount daemon lifecycle."""
-from .mount import MountOptions, mount, umount
+from .mount import MountLock, MountOptions, mount, umount
 
-__all__ = ["MountOptions", "mount", "umount"]
+__all__ = ["MountLock", "MountOptions", "mount", "umount"]

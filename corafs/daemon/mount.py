@@ -25,6 +25,8 @@ log = logging.getLogger("corafs.mount")
 @dataclasses.dataclass
 class MountOptions:
     foreground: bool = False
+    commit_delay: float = 1.0
+    author: Optional[str] = None
     cache_size: int = 512 << 20
     read_ahead_kb: int = 1024
     refresh_interval: float = 1.0
@@ -45,9 +47,54 @@ def check_mountpoint(mountpoint: str) -> str:
     return mp
 
 
+class MountLock:
+    """One mount per local repository (a second one is refused): an fcntl lock held by the
+    daemon for its lifetime, with the holder's pid and mountpoint for the error message."""
+
+    def __init__(self, repo_path: str):
+        self.path = os.path.join(os.path.abspath(repo_path), "staging", "mount.lock")
+        self.fd: Optional[int] = None
+
+    def acquire(self, mountpoint: str) -> None:
+        import fcntl
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise CorafsError(f"repository is already mounted ({holder or 'by another process'})"
+                              "; one mount per repository") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} at {mountpoint}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def holder(self) -> Optional[str]:
+        import fcntl
+        if not os.path.exists(self.path):
+            return None
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+
+
 def mount(repo_path: str, mountpoint: str, opts: MountOptions) -> None:
     Repository(repo_path).close()            # an invalid repository fails here, in the caller
     mp = check_mountpoint(mountpoint)
+    holder = MountLock(repo_path).holder()
+    if holder:
+        raise CorafsError(f"repository is already mounted ({holder}); one mount per repository")
     log_file = opts.log_file or os.path.join(os.path.abspath(repo_path), "logs", "mount.log")
     if opts.foreground:
         _setup_logging(None, opts.debug)
@@ -105,10 +152,17 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     from ..fuse import Operations
     from ..view import MountView
 
+    from ..view.staging import Staging
+
     sys.setswitchinterval(DEFAULT.mount_switch_interval)
+    lock = MountLock(repo_path)
+    lock.acquire(mp)
     repo = Repository(repo_path, tuning=dataclasses.replace(
         DEFAULT, block_cache_bytes=opts.cache_size, workers=DEFAULT.mount_workers))
-    ops = Operations(MountView(repo))
+    staging = Staging(repo, os.path.join(repo.path, "staging"), opts.commit_delay, opts.author)
+    for line in staging.recover():
+        log.warning("recovery: %s", line)
+    ops = Operations(MountView(repo, staging))
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts |= {"fsname=corafs", "subtype=corafs"}
     if opts.debug:
@@ -120,7 +174,11 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         clean = True
     finally:
         pyfuse3.close(unmount=clean)
+        if clean:                  # unmount commits at once; a crash leaves the journal
+            for cid in staging.commit_all():
+                log.info("committed %s at unmount", cid[:12])
         repo.close()
+        lock.release()
         log.info("unmounted %s", mp)
 
 
@@ -132,6 +190,7 @@ async def _main(ops, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> No
         nursery.start_soon(_signals)
         nursery.start_soon(_refresher, ops, opts.refresh_interval)
         nursery.start_soon(_ready, mp, opts, ready_fd)
+        nursery.start_soon(_committer, ops)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -186,6 +245,27 @@ async def _refresher(ops, interval: float) -> None:
                     await trio.to_thread.run_sync(pyfuse3.invalidate_inode, item[1])
             except OSError:
                 pass   # the kernel had already forgotten it
+
+
+async def _committer(ops) -> None:
+    """Ingest files whose last writer closed; commit branches whose quiet period passed."""
+    import trio
+
+    staging = ops.staging
+    while True:
+        await trio.sleep(0.1)
+        try:
+            ops.ingest_queue.clear()
+            for branch, path in staging.to_ingest():   # closed files, wherever they are now
+                await trio.to_thread.run_sync(staging.ingest, branch, path)
+            due = staging.due()
+            for branch in due:
+                await trio.to_thread.run_sync(staging.commit, branch)
+            if due:
+                await ops.apply_refresh()
+        except Exception:
+            log.exception("background commit failed; changes stay staged")
+            await trio.sleep(1.0)
 
 
 def umount(mountpoint: str, timeout: float = 60.0) -> None:

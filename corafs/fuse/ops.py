@@ -21,13 +21,14 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from ..errors import CorafsError, CorruptObject, InvalidName, NotFound
+from ..errors import CorafsError, CorruptObject, InvalidName, NotFound, RefExists
 from ..view import MountView, Node
 
 log = logging.getLogger("corafs.fuse")
 
 ERRNO = [                      # most specific first
     (NotFound, errno.ENOENT),
+    (RefExists, errno.EEXIST),
     (CorruptObject, errno.EIO),
     (InvalidName, errno.EINVAL),
     (CorafsError, errno.EIO),
@@ -74,15 +75,30 @@ class _FileHandle:
         self.window = 0
 
 
+class _WriteHandle:
+    """A file open for writing: a descriptor on its spool, and the staged file it belongs to
+    (found by identity at release: it may have been renamed meanwhile)."""
+
+    __slots__ = ("branch", "staged", "fd", "inode")
+
+    def __init__(self, branch, staged, fd, inode):
+        self.branch, self.staged, self.fd, self.inode = branch, staged, fd, inode
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
     def __init__(self, view: MountView, read_threads: int = 4, prefetch_bytes: int = 32 << 20,
-                 prefetch_start: int = 4 << 20):
+                 prefetch_start: int = 4 << 20, on_change=None):
         super().__init__()
         self.view = view
+        self.staging = view.staging
         self.repo = view.repo
+        #: called (on the trio thread) after anything was staged or closed
+        self.on_change = on_change or (lambda: None)
+        self.writers: dict[int, _WriteHandle] = {}
+        self.ingest_queue: list[tuple[str, str]] = []
         self.limiter = trio.CapacityLimiter(read_threads)
         self.prefetch_bytes = prefetch_bytes
         self.prefetch_start = prefetch_start
@@ -122,7 +138,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode, ctx=None):
-        return self._attrs(self.view.node(inode))
+        return self._attrs(self.view.fresh(inode))
 
     @_guard
     async def readlink(self, inode, ctx):
@@ -189,15 +205,28 @@ class Operations(pyfuse3.Operations):
         if n.kind != "file":
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise pyfuse3.FUSEError(errno.EROFS)
+            if not n.writable or self.staging is None:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            branch, path = self.view.branch_path(inode)
+            committed = None if n.key[0] == "staged" else n.entry
+            st, fd = await self._run(self.staging.open_write, branch, path,
+                                     bool(flags & os.O_TRUNC), committed)
+            fh = self._fh()
+            self.writers[fh] = _WriteHandle(branch, st, fd, inode)
+            self.on_change()
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
         reader = await self._run(self.view.open_reader, inode)
         fh = self._fh()
         self.files[fh] = _FileHandle(reader, inode)
-        # a file inode never changes content (its key holds its version): keep the page cache
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        # a committed file's inode never changes content (its key holds its version): keep the
+        # page cache; a staged one may still change
+        return pyfuse3.FileInfo(fh=fh, keep_cache=n.key[0] != "staged")
 
     @_guard
     async def read(self, fh, off, size):
+        w = self.writers.get(fh)
+        if w is not None:
+            return os.pread(w.fd, size, off)
         h = self.files[fh]
         data = await self._run(h.reader.read, off, size)
         self.reads += 1
@@ -227,14 +256,179 @@ class Operations(pyfuse3.Operations):
         self.repo.decoder.prefetch(self.repo.pool, oids)
 
     async def release(self, fh):
-        self.files.pop(fh, None)
+        h = self.files.pop(fh, None)
+        if h is not None and hasattr(h.reader, "close"):
+            h.reader.close()
+        w = self.writers.pop(fh, None)
+        if w is None:
+            return
+        try:
+            os.close(w.fd)
+            path, ready = self.staging.release(w.branch, w.staged)
+            if ready:
+                self.ingest_queue.append((w.branch, path))
+        except Exception:  # release must not fail: the file stays staged
+            log.exception("release on %s", w.branch)
+        self.on_change()
 
-    # -- writes: everything is read-only until the write side exists ------------------------------
+    # -- writing ----------------------------------------------------------------------------------
+    def _where(self, parent_inode: int, name: bytes) -> tuple[str, str]:
+        """(branch, path) for a new name in a directory; EROFS outside branch directories."""
+        try:
+            branch, dirpath = self.view.branch_path(parent_inode)
+        except CorafsError:
+            raise pyfuse3.FUSEError(errno.EROFS if parent_inode != pyfuse3.ROOT_INODE
+                                    else errno.EPERM) from None
+        if self.staging is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        n = os.fsdecode(name)
+        if n in (".", "..") or "/" in n:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return branch, f"{dirpath}/{n}" if dirpath else n
+
+    @_guard
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        branch, path = self._where(parent_inode, name)
+        st, fd = await self._run(self.staging.create, branch, path)
+        node = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
+        fh = self._fh()
+        self.writers[fh] = _WriteHandle(branch, st, fd, node.inode)
+        self.on_change()
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._attrs(node)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        w = self.writers[fh]
+        return await trio.to_thread.run_sync(os.pwrite, w.fd, buf, off)
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        n = self.view.node(inode)
+        if fields.update_size:
+            if not n.writable or self.staging is None:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            branch, path = self.view.branch_path(inode)
+            w = self.writers.get(fh) if fh is not None else None
+            if w is not None:
+                os.ftruncate(w.fd, attr.st_size)
+            else:
+                committed = None if n.key[0] == "staged" else n.entry
+                await self._run(self.staging.truncate, branch, path, attr.st_size, committed)
+                self.ingest_queue.append((branch, path))
+                if n.key[0] != "staged":   # the name now shows the staged version
+                    pyfuse3.invalidate_entry_async(self._parent_of(inode), os.fsencode(
+                        path.rsplit("/", 1)[-1]), ignore_enoent=True)
+            self.on_change()
+        elif (fields.update_mode or fields.update_uid or fields.update_gid) and not n.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        # times and modes of branch files are not versioned: accepted and ignored
+        return self._attrs(self.view.fresh(inode))
+
+    def _parent_of(self, inode: int) -> int:
+        for parent, _ in self.view.parents.get(inode, ()):
+            return parent
+        return pyfuse3.ROOT_INODE
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        w = self.writers.get(fh)
+        if w is not None:
+            os.fsync(w.fd)
+            return
+        h = self.files.get(fh)
+        if h is not None and self.staging is not None:
+            try:
+                branch, _ = self.view.branch_path(h.inode)
+            except CorafsError:
+                return
+            await self.commit_now(branch)
+
+    async def commit_now(self, branch: Optional[str] = None) -> None:
+        """Commit staged work at once (fsync, unmount)."""
+        branches = [branch] if branch else list(self.staging.pending())
+        for b in branches:
+            await self._run(self.staging.commit, b)
+        await self.apply_refresh()
+
+    async def apply_refresh(self) -> None:
+        todo = await self._run(self.view.refresh)
+        for item in todo:
+            try:
+                if item[0] == "entry":
+                    pyfuse3.invalidate_entry_async(item[1], os.fsencode(item[2]),
+                                                   ignore_enoent=True)
+                else:
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, item[1])
+            except OSError:
+                pass
+
+    @_guard
+    async def unlink(self, parent_inode, name, ctx):
+        branch, path = self._where(parent_inode, name)
+        n = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
+        self.view.forget(n.inode, 1)
+        if n.kind == "dir":
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        in_head = self.view.head_entry(branch, path) is not None
+        await self._run(self.staging.unlink, branch, path, in_head)
+        self.on_change()
+
+    @_guard
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        n = os.fsdecode(name)
+        if parent_inode == pyfuse3.ROOT_INODE:   # a new branch at the default branch's head
+            await self._run(self.repo.create_branch, n)
+            await self._run(self.view.refresh)
+            return self._attrs(await self._run(self.view.lookup, parent_inode, n))
+        branch, path = self._where(parent_inode, name)
+        try:
+            await self._run(self.view.lookup, parent_inode, n)
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        except NotFound:
+            pass
+        await self._run(self.staging.mkdir, branch, path)
+        self.on_change()
+        return self._attrs(await self._run(self.view.lookup, parent_inode, n))
+
+    @_guard
+    async def rmdir(self, parent_inode, name, ctx):
+        if parent_inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)   # branches are deleted with the CLI
+        branch, path = self._where(parent_inode, name)
+        d = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
+        self.view.forget(d.inode, 1)
+        if d.kind != "dir":
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if await self._run(self.view.listdir, d.inode):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        in_head = self.view.head_entry(branch, path) is not None
+        await self._run(self.staging.unlink, branch, path, in_head)
+        self.on_change()
+
+    @_guard
+    async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
+        b1, old = self._where(parent_old, name_old)
+        b2, new = self._where(parent_new, name_new)
+        if b1 != b2:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        src = await self._run(self.view.lookup, parent_old, os.fsdecode(name_old))
+        self.view.forget(src.inode, 1)
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            try:
+                dst = await self._run(self.view.lookup, parent_new, os.fsdecode(name_new))
+                self.view.forget(dst.inode, 1)
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            except NotFound:
+                pass
+        elif flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self._run(self.staging.rename, b1, old, new, self.view.head_entry(b1, old))
+        self.on_change()
+
     async def _erofs(self, *args, **kwargs):
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = _erofs
-    setxattr = removexattr = _erofs
+    mknod = symlink = link = setxattr = removexattr = _erofs
 
     @_guard
     async def access(self, inode, mode, ctx):

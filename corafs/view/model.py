@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import stat
 import threading
 import time
@@ -63,6 +64,27 @@ class Node:
         return IMMUTABLE_TTL if self.immutable else LIVE_TTL
 
 
+class SpoolReader:
+    """Reads a file that is staged (being written or not committed yet) from its spool. The
+    descriptor stays valid after the spool is removed at commit time."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDONLY)
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def objects_for(self, offset: int, size: int) -> list:
+        return []
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def history_name(n: int, time_ns: int, cid: str) -> str:
     t = datetime.datetime.fromtimestamp(time_ns / 1e9, datetime.timezone.utc)
     return f"{n:04d}-{t.strftime('%Y-%m-%dT%H.%M.%S')}-{cid[:8]}"
@@ -71,8 +93,9 @@ def history_name(n: int, time_ns: int, cid: str) -> str:
 class MountView:
     """Thread-safe. ``refresh()`` re-reads refs and says what the kernel must forget."""
 
-    def __init__(self, repo):
+    def __init__(self, repo, staging=None):
         self.repo = repo
+        self.staging = staging
         self._lock = threading.RLock()
         self.nodes: dict[int, Node] = {}
         self.keys: dict[tuple, int] = {}
@@ -156,6 +179,8 @@ class MountView:
             return sorted(self.branches)
         if k[0] == "hist":
             return [name for name, _ in self._history_of(k[1])]
+        if k[0] == "bdir":
+            return sorted(self._branch_entries(d))
         return sorted(self._tree_entries(d))
 
     def _child(self, d: Node, name: str) -> Node:
@@ -195,11 +220,19 @@ class MountView:
                                           target=f"../../@commits/{cid}".encode(),
                                           size=len(f"../../@commits/{cid}"))
             raise NotFound("history entry", name)
-        entries = self._tree_entries(d)
-        if name not in entries:
-            raise NotFound("path", name)
-        e = entries[name]
         path = f"{k[-1]}/{name}" if k[-1] else name
+        if k[0] == "bdir":
+            entries = self._branch_entries(d)
+            if name not in entries:
+                raise NotFound("path", name)
+            e = entries[name]
+            if e.get("kind") == "staged":
+                return self._staged_file(k[1], path, e["staged"], d)
+        else:
+            entries = self._tree_entries(d)
+            if name not in entries:
+                raise NotFound("path", name)
+            e = entries[name]
         cid = d.commit
         if e["kind"] == "dir":
             if k[0] == "bdir":
@@ -208,6 +241,74 @@ class MountView:
         return self._register(("file", cid, e["id"], path), d.inode, name, kind="file",
                               mtime_ns=d.mtime_ns, size=e["size"], commit=cid, entry=e,
                               writable=k[0] == "bdir")
+
+    def _branch_entries(self, d: Node) -> dict:
+        """A branch directory: the head's tree with this mount's staged changes on top."""
+        entries = dict(self._tree_entries(d))
+        if self.staging is None:
+            return entries
+        for name, st in self.staging.children(d.key[1], d.key[2]).items():
+            if st is None or st.kind == "dir":
+                if name not in entries or entries[name]["kind"] != "dir":
+                    entries[name] = {"kind": "dir", "id": None}
+            elif st.kind == "delete":
+                entries.pop(name, None)
+            elif st.kind == "entry":
+                entries[name] = st.entry
+            else:
+                entries[name] = {"kind": "staged", "staged": st}
+        return entries
+
+    def _staged_file(self, branch: str, path: str, st, parent: Node) -> Node:
+        try:
+            size = os.stat(st.spool).st_size
+        except OSError:
+            size = 0
+        return self._register(("staged", branch, path, st.gen), parent.inode,
+                              path.rsplit("/", 1)[-1], kind="file", mtime_ns=time.time_ns(),
+                              size=size, commit=parent.commit, entry={"staged": st.spool},
+                              immutable=False, writable=True)
+
+    def fresh(self, inode: int) -> Node:
+        """A node with its attributes brought up to date (sizes of files being written)."""
+        n = self.node(inode)
+        if n.key[0] == "staged":
+            try:
+                st = os.stat(n.entry["staged"])
+                n.size, n.mtime_ns = st.st_size, st.st_mtime_ns
+            except OSError:
+                pass
+        return n
+
+    def branch_path(self, inode: int) -> tuple[str, str]:
+        """(branch, path) of a node inside a branch directory; CorafsError if not writable."""
+        n = self.node(inode)
+        k = n.key
+        if k[0] == "bdir":
+            return k[1], k[2]
+        if k[0] in ("file", "staged") and n.writable:
+            if k[0] == "staged":
+                return k[1], k[2]
+            return self._file_branch(n), k[3]
+        raise CorafsError("read-only")
+
+    def _file_branch(self, n: Node) -> str:
+        with self._lock:
+            for parent, _name in self.parents.get(n.inode, ()):
+                p = self.nodes.get(parent)
+                if p is not None and p.key[0] == "bdir":
+                    return p.key[1]
+        raise CorafsError("read-only")
+
+    def head_entry(self, branch: str, path: str) -> Optional[dict]:
+        """The committed entry at ``path`` of the branch head (None if absent)."""
+        cid = self.branches.get(branch)
+        if cid is None or not path:
+            return None
+        try:
+            return self.repo.entry(cid, path)
+        except (NotFound, CorafsError):
+            return None
 
     def _tree_entries(self, d: Node) -> dict:
         if d.key[0] == "bdir":   # live: always the current head
@@ -222,7 +323,7 @@ class MountView:
             d.mtime_ns = self.repo.commit_obj(cid).time_ns
         else:
             e = d.entry
-        if e is None or e["kind"] != "dir":
+        if e is None or e["kind"] != "dir" or not e.get("id"):
             return {}
         return self.repo.get_meta(e["id"])["entries"]
 
@@ -277,6 +378,8 @@ class MountView:
         n = self.node(inode)
         if n.kind != "file":
             raise CorafsError("not a file")
+        if "staged" in n.entry:
+            return SpoolReader(n.entry["staged"])
         return self.repo.open_file(n.entry)
 
     def readlink(self, inode: int) -> bytes:
@@ -289,7 +392,7 @@ class MountView:
             self._tree_entries(n)
         if n.commit:
             out["user.corafs.commit"] = n.commit.encode()
-        if n.kind == "file" and n.entry:
+        if n.kind == "file" and n.entry and "sha256" in n.entry:
             out["user.corafs.sha256"] = n.entry["sha256"].encode()
         return out
 

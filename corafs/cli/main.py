@@ -160,7 +160,8 @@ def _collect(paths, to):
 
 
 def _join(a, b):
-    return f"{a.strip('/')}/{b}" if a.strip("/") else b
+    a = "/".join(p for p in a.split("/") if p not in ("", "."))
+    return f"{a}/{b}" if a else b
 
 
 def cmd_commit(a):

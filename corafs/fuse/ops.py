@@ -298,8 +298,9 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def write(self, fh, off, buf):
-        w = self.writers[fh]
-        return await trio.to_thread.run_sync(os.pwrite, w.fd, buf, off)
+        # inline: a pwrite of at most max_write bytes into the page cache is cheaper than a
+        # thread hand-off (measured: cp into the mount 57 -> see docs/mount.md)
+        return os.pwrite(self.writers[fh].fd, buf, off)
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):

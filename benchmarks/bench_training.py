@@ -40,25 +40,23 @@ def train(out, checkpoints, every, freeze_half, seed=0, lr=3e-5, pretrain=0):
             m.requires_grad_(False)
     x = torch.randn(4096, dims[0])
     y = torch.randint(0, dims[-1], (4096,))
-    if pretrain:   # a "pretrained" model to fine-tune: not saved
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for _ in range(pretrain):
+    def steps(opt, n):
+        for _ in range(n):
             idx = torch.randint(0, x.shape[0], (256,))
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+        return loss
+
+    if pretrain:   # a "pretrained" model to fine-tune: not saved
+        steps(torch.optim.AdamW(model.parameters(), lr=1e-3), pretrain)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     paths = {"fp32": [], "bf16": []}
     step = 0
     for c in range(checkpoints):
-        for _ in range(every):
-            idx = torch.randint(0, x.shape[0], (256,))
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
+        loss = steps(opt, every)
+        step += every
         sd = model.state_dict()
         for kind, conv in (("fp32", lambda t: t), ("bf16", lambda t: t.to(torch.bfloat16))):
             p = os.path.join(out, f"{kind}-{step:05d}.pth")

@@ -226,25 +226,14 @@ async def _ready(mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
 
 async def _refresher(ops, interval: float) -> None:
     """Poll refs; make the kernel forget what a moved ref changed."""
-    import pyfuse3
     import trio
 
     while True:
         await trio.sleep(interval)
         try:
-            todo = await trio.to_thread.run_sync(ops.view.refresh)
+            await ops.apply_refresh()
         except Exception:
             log.exception("refresh failed")
-            continue
-        for item in todo:
-            try:
-                if item[0] == "entry":
-                    pyfuse3.invalidate_entry_async(item[1], os.fsencode(item[2]),
-                                                   ignore_enoent=True)
-                else:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, item[1])
-            except OSError:
-                pass   # the kernel had already forgotten it
 
 
 async def _committer(ops) -> None:

@@ -37,6 +37,16 @@ class Layout:
     #: why a file that looked like a checkpoint was stored opaque (None if it was parsed)
     reason: Optional[str] = None
 
+    def sort_spans(self) -> None:
+        """Order spans by offset (keeping views pointing at theirs), then ``check``."""
+        order = sorted(range(len(self.spans)), key=lambda i: self.spans[i].offset)
+        new_of = {old: new for new, old in enumerate(order)}
+        self.spans = [self.spans[i] for i in order]
+        for v in self.views:
+            if v.span >= 0:
+                v.span = new_of[v.span]
+        self.check()
+
     def check(self) -> None:
         """Spans sorted, inside the file and not overlapping (parsers guarantee, we verify)."""
         self.spans.sort(key=lambda s: s.offset)

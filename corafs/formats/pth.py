@@ -79,13 +79,7 @@ def parse(f, size: int) -> Layout:
     for name, key, dt, shape, soff, stride in views:
         layout.views.append(View(name, dt, shape, span_of.get(key, -1), soff, stride))
     try:
-        order = sorted(range(len(layout.spans)), key=lambda i: layout.spans[i].offset)
-        remap = {o: n for n, o in enumerate(order)}
-        layout.spans = [layout.spans[i] for i in order]
-        for v in layout.views:
-            if v.span >= 0:
-                v.span = remap[v.span]
-        layout.check()
+        layout.sort_spans()
     except ValueError as e:
         raise UnsupportedFormat("pth", str(e)) from None
     return layout

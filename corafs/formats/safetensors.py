@@ -62,17 +62,7 @@ def parse(f, size: int) -> Layout:
             span = len(layout.spans) - 1
         layout.views.append(View(name, dtype, shape, span))
     try:
-        _reindex(layout)
+        layout.sort_spans()
     except ValueError as e:
         raise UnsupportedFormat("safetensors", str(e)) from None
     return layout
-
-
-def _reindex(layout: Layout) -> None:
-    order = sorted(range(len(layout.spans)), key=lambda i: layout.spans[i].offset)
-    new_of = {old: new for new, old in enumerate(order)}
-    layout.spans = [layout.spans[i] for i in order]
-    for v in layout.views:
-        if v.span >= 0:
-            v.span = new_of[v.span]
-    layout.check()

@@ -50,6 +50,11 @@ assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
 print(f"torch.load through the mount: {len(a['model'])} tensors, step {a['step']}, equal to the original")
 PY
   ls -l "$OUT/mnt/@history/main/"
+  say "write through the mount: mkdir makes a branch, cp makes a commit"
+  mkdir "$OUT/mnt/finetune"
+  cp "$OUT/run/ckpt-00100/model.safetensors" "$OUT/mnt/finetune/model.safetensors"
+  sleep 2
+  corafs log "$OUT/repo" finetune --oneline | head -3
   corafs umount "$OUT/mnt"
   trap - EXIT
 fi

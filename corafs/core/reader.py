@@ -175,6 +175,16 @@ class FileReader:
             i += 1
         return bytes(out)
 
+    def read_cached(self, offset: int, size: int) -> Optional[bytes]:
+        """The bytes if every object the range needs is already decoded, else None (so a
+        caller on an event loop can answer without a thread hand-off)."""
+        if offset >= self.size or size <= 0:
+            return b""
+        for oid in self.objects_for(offset, size):
+            if self.decoder.cache.get(oid) is None:
+                return None
+        return self.read(offset, size)
+
     def objects_for(self, offset: int, size: int) -> list[str]:
         """Ids of the objects a read of this range touches (for prefetch)."""
         if offset >= self.size:

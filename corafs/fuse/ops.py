@@ -228,7 +228,9 @@ class Operations(pyfuse3.Operations):
         if w is not None:
             return os.pread(w.fd, size, off)
         h = self.files[fh]
-        data = await self._run(h.reader.read, off, size)
+        data = h.reader.read_cached(off, size)      # decoded ahead: answer inline
+        if data is None:
+            data = await self._run(h.reader.read, off, size)
         self.reads += 1
         self.read_bytes += len(data)
         self._prefetch(h, off, len(data))

@@ -81,6 +81,9 @@ class SpoolReader:
     def objects_for(self, offset: int, size: int) -> list:
         return []
 
+    def read_cached(self, offset: int, size: int) -> None:
+        return None
+
     def close(self) -> None:
         os.close(self.fd)
 

@@ -145,6 +145,19 @@ def _setup_logging(path, debug: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
+def _bound_malloc() -> None:
+    """Keep the daemon's memory near --cache-size: glibc otherwise keeps freed 4 MiB decode
+    buffers in per-thread arenas (measured: 914 MB peak RSS for a 512 MB cache while reading
+    4 GiB). A fixed mmap threshold returns large buffers to the kernel when freed."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)    # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)          # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
     import pyfuse3
     import trio
@@ -155,6 +168,7 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     from ..view.staging import Staging
 
     sys.setswitchinterval(DEFAULT.mount_switch_interval)
+    _bound_malloc()
     lock = MountLock(repo_path)
     lock.acquire(mp)
     repo = Repository(repo_path, tuning=dataclasses.replace(
@@ -211,13 +225,17 @@ async def _ready(mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
 
     # a stat through the mount proves the kernel handshake is done
     st = await trio.to_thread.run_sync(os.stat, mp)
-    if opts.read_ahead_kb:
-        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+    bdi = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    # read-ahead: 1 MiB doubled cold FUSE throughput (BRIEF); max_ratio: FUSE connections may
+    # hold only 1% of the dirty-page budget, which throttles writes through the writeback cache
+    for name, value in (("read_ahead_kb", opts.read_ahead_kb), ("max_ratio", 40)):
+        if not value:
+            continue
         try:
-            with open(path, "w") as f:
-                f.write(str(opts.read_ahead_kb))
+            with open(f"{bdi}/{name}", "w") as f:
+                f.write(str(value))
         except OSError as e:
-            log.info("could not set read-ahead (%s): %s", path, e)
+            log.info("could not set %s/%s: %s", bdi, name, e)
     log.info("mounted at %s", mp)
     if ready_fd is not None:
         os.write(ready_fd, b"ok")

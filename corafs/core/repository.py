@@ -77,6 +77,18 @@ class Repository:
         self.simindex = SimIndex(self)
 
     # -- lifecycle -------------------------------------------------------------------------
+    @staticmethod
+    def check(path: str) -> None:
+        """Raise NotARepository unless ``path`` holds a repository (cheap: reads no objects)."""
+        cfg = os.path.join(path, CONFIG)
+        try:
+            with open(cfg) as f:
+                fmt = json.load(f).get("format")
+        except (OSError, ValueError):
+            raise NotARepository(path) from None
+        if fmt != FORMAT:
+            raise NotARepository(f"{path} (unsupported format {fmt})")
+
     @classmethod
     def init(cls, path: str, default_branch: str = "main", author: Optional[str] = None,
              tuning: Tuning = DEFAULT) -> "Repository":

@@ -90,7 +90,7 @@ class MountLock:
 
 
 def mount(repo_path: str, mountpoint: str, opts: MountOptions) -> None:
-    Repository(repo_path).close()            # an invalid repository fails here, in the caller
+    Repository.check(repo_path)              # an invalid repository fails here, in the caller
     mp = check_mountpoint(mountpoint)
     holder = MountLock(repo_path).holder()
     if holder:

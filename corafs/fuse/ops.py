@@ -65,7 +65,7 @@ def _guard(fn):
 
 
 class _FileHandle:
-    __slots__ = ("reader", "inode", "next_off", "prefetched_to", "window")
+    __slots__ = ("reader", "inode", "next_off", "prefetched_to", "window", "run_start")
 
     def __init__(self, reader, inode):
         self.reader = reader
@@ -73,6 +73,7 @@ class _FileHandle:
         self.next_off = 0
         self.prefetched_to = 0
         self.window = 0
+        self.run_start = 0
 
 
 class _WriteHandle:
@@ -256,8 +257,12 @@ class Operations(pyfuse3.Operations):
         if not sequential or n == 0:
             h.window = 0
             h.prefetched_to = 0
+            h.run_start = off
             return
-        h.window = min(self.prefetch_bytes, max(self.prefetch_start, h.window * 2))
+        # read ahead at most a quarter of what was read sequentially so far: a long read soon
+        # gets the full window, a short one (one tensor) decodes little beyond itself
+        h.window = min(self.prefetch_bytes, max(self.prefetch_start, h.window * 2),
+                       max(self.prefetch_start, (h.next_off - h.run_start) // 4))
         start = max(h.next_off, h.prefetched_to)
         end = min(h.reader.size, h.next_off + h.window)
         if end <= start:

@@ -31,6 +31,7 @@ from ..errors import CorruptObject, MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 
 _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
+_DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
 
 
 def fsync_dir(path: str) -> None:
@@ -104,6 +105,9 @@ class _PackWriter:
             os.unlink(self.spool_path)
         os.replace(self.tmp, self.final)
         fsync_dir(os.path.dirname(self.final))
+        # the side table's first row says where the data lies, so readers need no h5py
+        table = np.concatenate([np.array([(_DATA_ROW, offset or 0, self.size)], _IDX_DTYPE),
+                                table])
         idx = self.final[:-3] + ".idx"
         tmp = f"{idx}.{uuid.uuid4().hex[:8]}.tmp"
         with open(tmp, "wb") as f:
@@ -140,13 +144,17 @@ def _copy_range(src: int, dst: int, dst_offset: int, n: int) -> None:
 
 class _Pack:
     """An open pack: a file descriptor and where its data lies (reads are os.pread, which
-    releases the GIL; h5py would hold it for every read)."""
+    releases the GIL; h5py would hold it for every read). ``where`` comes from the .idx
+    header row; without it, HDF5 is asked."""
 
-    def __init__(self, path: str):
-        with h5py.File(path, "r") as f:
-            ds = f["data"]
-            self.length = int(ds.shape[0])
-            self.offset = ds.id.get_offset()
+    def __init__(self, path: str, where: Optional[tuple[int, int]] = None):
+        if where is not None:
+            self.offset, self.length = where
+        else:
+            with h5py.File(path, "r") as f:
+                ds = f["data"]
+                self.length = int(ds.shape[0])
+                self.offset = ds.id.get_offset()
         if self.offset is None and self.length:
             raise OSError(f"{path}: pack data is not one contiguous dataset")
         self.fd = os.open(path, os.O_RDONLY)
@@ -210,6 +218,7 @@ class LocalStore(ObjectStore):
         self._lock = threading.RLock()
         self._index: dict[str, tuple[str, int, int]] = {}
         self._packs: set[str] = set()
+        self._where: dict[str, tuple[int, int]] = {}
         self._handles: "collections.OrderedDict[str, _Pack]" = collections.OrderedDict()
         os.makedirs(self.objdir, exist_ok=True)
         os.makedirs(self.refdir, exist_ok=True)
@@ -263,6 +272,9 @@ class LocalStore(ObjectStore):
 
     def _add_pack(self, name: str, table: np.ndarray) -> None:
         self._packs.add(name)
+        if len(table) and table["id"][0] == _DATA_ROW:
+            self._where[name] = (int(table["off"][0]), int(table["len"][0]))
+            table = table[1:]
         ids = table["id"].tolist()
         for oid, off, ln in zip(ids, table["off"].tolist(), table["len"].tolist()):
             self._index.setdefault(oid.decode(), (name, off, ln))
@@ -281,7 +293,7 @@ class LocalStore(ObjectStore):
         if f is not None:
             self._handles.move_to_end(pack)
             return f
-        f = _Pack(os.path.join(self.objdir, pack + ".h5"))
+        f = _Pack(os.path.join(self.objdir, pack + ".h5"), self._where.get(pack))
         self._handles[pack] = f
         while len(self._handles) > self.tuning.open_packs:
             _, old = self._handles.popitem(last=False)

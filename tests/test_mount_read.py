@@ -145,6 +145,9 @@ def test_writes_to_immutable_views_are_erofs(env):
     with pytest.raises(OSError) as e:
         os.unlink(f"{mnt}/@tags/v1/config.json")
     assert e.value.errno == errno.EROFS
+    with pytest.raises(OSError) as e:
+        os.utime(f"{mnt}/@tags/v1/config.json")
+    assert e.value.errno == errno.EROFS
 
 
 def test_moved_branch_seen_open_handle_keeps_version(env, tmp_path):

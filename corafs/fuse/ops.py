@@ -321,6 +321,8 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
         n = self.view.node(inode)
+        if not n.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
         if fields.update_size:
             if not n.writable or self.staging is None:
                 raise pyfuse3.FUSEError(errno.EROFS)
@@ -336,8 +338,6 @@ class Operations(pyfuse3.Operations):
                     pyfuse3.invalidate_entry_async(self._parent_of(inode), os.fsencode(
                         path.rsplit("/", 1)[-1]), ignore_enoent=True)
             self.on_change()
-        elif (fields.update_mode or fields.update_uid or fields.update_gid) and not n.writable:
-            raise pyfuse3.FUSEError(errno.EROFS)
         # times and modes of branch files are not versioned: accepted and ignored
         return self._attrs(self.view.fresh(inode))
 

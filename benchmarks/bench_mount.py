@@ -187,7 +187,7 @@ def main():
                 timed_cat(f"{m.mnt}/main/big.safetensors")
                 el = time.perf_counter() - t
                 rss = m.peak_rss_mb()
-            rows.append((f"4 GiB cold cat through mount, MB/s", 4096 * 1.048576 / el, None))
+            rows.append(("4 GiB cold cat through mount, MB/s", 4096 * 1.048576 / el, None))
             rows.append((f"daemon peak RSS MB (limit {CACHE} cache + 200 MB = 712)", rss, None))
 
         print(f"\n{'measure':<62} {'value':>10} {'ratio':>8}")

@@ -147,7 +147,7 @@ def main():
         print(f"sizes: zstd -3 {zsize / size:.3f} of the file; corafs both versions "
               f"{st.disk_bytes / size:.3f} of one file ({st.keyframes} keyframes, "
               f"{st.deltas} deltas)")
-        print(f"aims: ingest >= 150 MB/s, decode >= 400 MB/s")
+        print("aims: ingest >= 150 MB/s, decode >= 400 MB/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -35,7 +35,7 @@ def test_sigkill_during_commit_keeps_repository_consistent(tmp_path):
     rng = random.Random(1234)
     landed = killed = 0
     for trial in range(TRIALS):
-        src = work / f"model.safetensors"
+        src = work / "model.safetensors"
         _model(src, trial)
         want = sha256_file(src)
         with Repository(repo_path) as r:

@@ -26,12 +26,10 @@ def to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
         return raw.view(np.float16).astype(np.float32)
     if dtype == "BF16":
         return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F64":
-        return raw.view(np.float64).astype(np.float32)
     raise ValueError(f"no lossy codec for {dtype}")
 
 
-def from_f32(x: np.ndarray, dtype: str, like: np.ndarray) -> np.ndarray:
+def from_f32(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "F32":
         out = x.astype(np.float32)
     elif dtype == "F16":
@@ -43,9 +41,6 @@ def from_f32(x: np.ndarray, dtype: str, like: np.ndarray) -> np.ndarray:
         out = r.astype(np.uint16)
         nan = np.isnan(x)
         out[nan] = (u[nan] >> np.uint32(16)).astype(np.uint16) | np.uint16(0x40)
-    elif dtype == "F64":
-        # keep the exact base where the delta rounds to zero, else the float32 result
-        out = x.astype(np.float64)
     else:
         raise ValueError(dtype)
     return out.view(np.uint8)
@@ -70,7 +65,7 @@ class _Lossy(Codec):
 
     def decode(self, body, dt, raw_len, base):
         b = to_f32(base, dt.name)
-        return from_f32(b + self._delta(memoryview(body), b.size), dt.name, base).copy()
+        return from_f32(b + self._delta(memoryview(body), b.size), dt.name).copy()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,12 +23,3 @@ def decompress(data, size: int) -> bytes:
     if d is None:
         d = _local.d = zstandard.ZstdDecompressor()
     return d.decompress(data, max_output_size=size)
-
-
-def decompress_into(data, out) -> None:
-    """Decompress a frame straight into ``out`` (a writable buffer of the exact size)."""
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    res = d.decompress(data, max_output_size=memoryview(out).nbytes)
-    memoryview(out).cast("B")[:len(res)] = res

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .. import codecs
-from ..errors import CorafsError, CorruptObject, MissingObject
+from ..errors import CorafsError, CorruptObject
 from .objects import data_id
 
 
@@ -39,6 +39,11 @@ class BlockCache:
             else:
                 self.misses += 1
             return a
+
+    def contains(self, oid: str) -> bool:
+        """A probe that does not count as a hit or a miss."""
+        with self._lock:
+            return oid in self._d
 
     def put(self, oid: str, arr: np.ndarray) -> None:
         if arr.nbytes > self.max_bytes:
@@ -106,11 +111,9 @@ class Decoder:
         payload = self.store.get(oid)
         try:
             arr = codecs.decode_block(payload, lambda b: self.raw(b, _depth + 1))
-        except CorafsError:
+        except CorafsError:          # missing base objects, corrupt bases: already typed
             raise
-        except (ValueError, KeyError, TypeError, Exception) as e:  # noqa: B014 codec errors vary
-            if isinstance(e, MissingObject):
-                raise
+        except Exception as e:       # codec errors vary (zstd, numpy, struct): all mean corrupt
             raise CorruptObject(oid, f"cannot decode: {e}") from None
         if data_id(arr) != oid:
             raise CorruptObject(oid, "decoded bytes do not match the object id")
@@ -124,7 +127,7 @@ class Decoder:
     def prefetch(self, pool, oids) -> None:
         """Decode ``oids`` in the background (skipping cached and in-flight ones)."""
         for oid in oids:
-            if self.cache.get(oid) is None and oid not in self._inflight:
+            if not self.cache.contains(oid) and oid not in self._inflight:
                 pool.submit(self._quiet, oid)
 
     def _quiet(self, oid: str) -> None:
@@ -181,7 +184,7 @@ class FileReader:
         if offset >= self.size or size <= 0:
             return b""
         for oid in self.objects_for(offset, size):
-            if self.decoder.cache.get(oid) is None:
+            if not self.decoder.cache.contains(oid):
                 return None
         return self.read(offset, size)
 

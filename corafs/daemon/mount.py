@@ -264,7 +264,6 @@ async def _committer(ops) -> None:
     while True:
         await trio.sleep(0.1)
         try:
-            ops.ingest_queue.clear()
             for branch, path in staging.to_ingest():   # closed files, wherever they are now
                 await trio.to_thread.run_sync(staging.ingest, branch, path)
             due = staging.due()

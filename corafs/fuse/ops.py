@@ -102,7 +102,6 @@ class Operations(pyfuse3.Operations):
         #: called (on the trio thread) after anything was staged or closed
         self.on_change = on_change or (lambda: None)
         self.writers: dict[int, _WriteHandle] = {}
-        self.ingest_queue: list[tuple[str, str]] = []
         self.limiter = trio.CapacityLimiter(read_threads)
         self.prefetch_bytes = prefetch_bytes
         self.prefetch_start = prefetch_start
@@ -280,9 +279,7 @@ class Operations(pyfuse3.Operations):
             return
         try:
             os.close(w.fd)
-            path, ready = self.staging.release(w.branch, w.staged)
-            if ready:
-                self.ingest_queue.append((w.branch, path))
+            self.staging.release(w.branch, w.staged)   # the committer ingests closed files
         except Exception:  # release must not fail: the file stays staged
             log.exception("release on %s", w.branch)
         self.on_change()
@@ -333,7 +330,6 @@ class Operations(pyfuse3.Operations):
             else:
                 committed = None if n.key[0] == "staged" else n.entry
                 await self._run(self.staging.truncate, branch, path, attr.st_size, committed)
-                self.ingest_queue.append((branch, path))
                 if n.key[0] != "staged":   # the name now shows the staged version
                     pyfuse3.invalidate_entry_async(self._parent_of(inode), os.fsencode(
                         path.rsplit("/", 1)[-1]), ignore_enoent=True)

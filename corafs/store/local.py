@@ -302,9 +302,7 @@ class LocalStore(ObjectStore):
 
     # -- objects -----------------------------------------------------------------------------
     def has(self, oid: str) -> bool:
-        if oid in self._index:
-            return True
-        return False
+        return oid in self._index
 
     def get(self, oid: str):
         pack, off, ln = self._locate(oid)

@@ -164,7 +164,7 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     from ..fuse import Operations
     from ..view import MountView
 
-    from ..view.staging import Staging
+    from ..view.staging import Staging, status_lines
 
     sys.setswitchinterval(DEFAULT.mount_switch_interval)
     _bound_malloc()
@@ -193,6 +193,9 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         if clean:                  # unmount commits at once; a crash leaves the journal
             for cid in staging.commit_all():
                 log.info("committed %s at unmount", cid[:12])
+            for line in status_lines(repo.path):
+                log.warning("left staged at unmount: %s", line)
+        staging.close()
         repo.close()
         lock.release()
         log.info("unmounted %s", mp)
@@ -264,8 +267,8 @@ async def _committer(ops) -> None:
     while True:
         await trio.sleep(0.1)
         try:
-            for branch, path in staging.to_ingest():   # closed files, wherever they are now
-                await trio.to_thread.run_sync(staging.ingest, branch, path)
+            for node in staging.to_ingest():   # closed files, wherever they are now
+                await trio.to_thread.run_sync(staging.ingest, node)
             due = staging.due()
             for branch in due:
                 await trio.to_thread.run_sync(staging.commit, branch)

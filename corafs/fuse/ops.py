@@ -16,6 +16,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from typing import Optional
 
 import pyfuse3
@@ -77,13 +78,13 @@ class _FileHandle:
 
 
 class _WriteHandle:
-    """A file open for writing: a descriptor on its spool, and the staged file it belongs to
-    (found by identity at release: it may have been renamed meanwhile)."""
+    """A file open for writing: a descriptor on its spool, and the node and staged data it
+    belongs to (by identity: the node may be renamed meanwhile)."""
 
-    __slots__ = ("branch", "staged", "fd", "inode")
+    __slots__ = ("node", "staged", "fd")
 
-    def __init__(self, branch, staged, fd, inode):
-        self.branch, self.staged, self.fd, self.inode = branch, staged, fd, inode
+    def __init__(self, node, staged, fd):
+        self.node, self.staged, self.fd = node, staged, fd
 
 
 class Operations(pyfuse3.Operations):
@@ -103,6 +104,8 @@ class Operations(pyfuse3.Operations):
         self.on_change = on_change or (lambda: None)
         self.writers: dict[int, _WriteHandle] = {}
         self.limiter = trio.CapacityLimiter(read_threads)
+        #: namespace changes get their own threads: a slow decode never delays a create
+        self.meta_limiter = trio.CapacityLimiter(2)
         self.prefetch_bytes = prefetch_bytes
         self.prefetch_start = prefetch_start
         self.files: dict[int, _FileHandle] = {}
@@ -113,35 +116,45 @@ class Operations(pyfuse3.Operations):
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
+    async def _meta(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.meta_limiter)
+
     def _fh(self) -> int:
         self._next_fh += 1
         return self._next_fh
 
-    def _attrs(self, n: Node) -> pyfuse3.EntryAttributes:
+    def _attrs(self, n) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = n.inode
         a.generation = 0
         a.entry_timeout = n.ttl
         a.attr_timeout = n.ttl
         a.st_mode = n.mode
-        a.st_nlink = 2 if n.kind == "dir" else 1
+        a.st_nlink = n.nlink
         a.st_uid = os.getuid()
         a.st_gid = os.getgid()
-        a.st_size = n.size
+        size = n.size
+        a.st_size = size
         a.st_blksize = 1 << 20
-        a.st_blocks = (n.size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = n.mtime_ns
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = n.mtime
         return a
+
+    @staticmethod
+    def _name(name: bytes) -> str:
+        if len(name) > 255:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        return os.fsdecode(name)
 
     # -- metadata --------------------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode, name, ctx=None):
-        n = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
+        n = await self._meta(self.view.lookup, parent_inode, self._name(name))
         return self._attrs(n)
 
     @_guard
     async def getattr(self, inode, ctx=None):
-        return self._attrs(self.view.fresh(inode))
+        return self._attrs(self.view.node(inode))
 
     @_guard
     async def readlink(self, inode, ctx):
@@ -156,7 +169,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def opendir(self, inode, ctx):
-        entries = await self._run(self.view.listdir, inode)
+        entries = await self._meta(self.view.listdir, inode)
         fh = self._fh()
         self.dirs[fh] = entries      # a snapshot: offsets stay stable for this handle
         return fh
@@ -168,7 +181,7 @@ class Operations(pyfuse3.Operations):
             name, node = entries[i]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(node), i + 1):
                 return
-            self.view.remember(node.inode)
+            self.view.remember(node)
 
     async def releasedir(self, fh):
         self.dirs.pop(fh, None)
@@ -198,14 +211,14 @@ class Operations(pyfuse3.Operations):
             return (f"reads={self.reads} read_bytes={self.read_bytes} "
                     f"decoded_objects={d.decoded} decoded_bytes={d.decoded_bytes} "
                     f"cache_bytes={c.bytes} cache_hits={c.hits} cache_misses={c.misses}").encode()
-        v = self.view.xattrs(inode).get(os.fsdecode(name))
+        v = (await self._meta(self.view.xattrs, inode)).get(os.fsdecode(name))
         if v is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return v
 
     @_guard
     async def listxattr(self, inode, ctx):
-        return [os.fsencode(k) for k in self.view.xattrs(inode)]
+        return [os.fsencode(k) for k in await self._meta(self.view.xattrs, inode)]
 
     # -- reading ----------------------------------------------------------------------------------
     @_guard
@@ -214,22 +227,20 @@ class Operations(pyfuse3.Operations):
         if n.kind != "file":
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            if not n.writable or self.staging is None:
+            if not n.live or not self.staging.writable:
                 raise pyfuse3.FUSEError(errno.EROFS)
-            branch, path = self.view.branch_path(inode)
-            committed = None if n.key[0] == "staged" else n.entry
-            st, fd = await self._run(self.staging.open_write, branch, path,
-                                     bool(flags & os.O_TRUNC), committed)
+            st, fd = await self._meta(self.staging.open_write, n, bool(flags & os.O_TRUNC))
             fh = self._fh()
-            self.writers[fh] = _WriteHandle(branch, st, fd, inode)
+            self.writers[fh] = _WriteHandle(n, st, fd)
             self.on_change()
-            return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
         reader = await self._run(self.view.open_reader, inode)
         fh = self._fh()
         self.files[fh] = _FileHandle(reader, inode)
-        # a committed file's inode never changes content (its key holds its version): keep the
-        # page cache; a staged one may still change
-        return pyfuse3.FileInfo(fh=fh, keep_cache=n.key[0] != "staged")
+        # the page cache of an inode stays valid: committed content never changes under one
+        # inode (another writer's version is a new node), and writes through this mount go
+        # through the kernel's own cache
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_guard
     async def read(self, fh, off, size):
@@ -279,92 +290,92 @@ class Operations(pyfuse3.Operations):
             return
         try:
             os.close(w.fd)
-            self.staging.release(w.branch, w.staged)   # the committer ingests closed files
+            self.staging.release(w.node, w.staged)   # the committer ingests closed files
         except Exception:  # release must not fail: the file stays staged
-            log.exception("release on %s", w.branch)
+            log.exception("release of a written file failed; it stays staged")
         self.on_change()
 
     # -- writing ----------------------------------------------------------------------------------
-    def _where(self, parent_inode: int, name: bytes) -> tuple[str, str]:
-        """(branch, path) for a new name in a directory; EROFS outside branch directories."""
-        try:
-            branch, dirpath = self.view.branch_path(parent_inode)
-        except CorafsError:
-            raise pyfuse3.FUSEError(errno.EROFS if parent_inode != pyfuse3.ROOT_INODE
-                                    else errno.EPERM) from None
-        if self.staging is None:
+    def _parent(self, inode: int):
+        n = self.view.node(inode)
+        if inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)       # only directories (branches) at the top
+        if not n.live:
             raise pyfuse3.FUSEError(errno.EROFS)
-        n = os.fsdecode(name)
-        if n in (".", "..") or "/" in n:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        return branch, f"{dirpath}/{n}" if dirpath else n
+        return n
 
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
-        branch, path = self._where(parent_inode, name)
-        st, fd = await self._run(self.staging.create, branch, path)
-        node = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
+        d = self._parent(parent_inode)
+        node, st, fd = await self._meta(self.staging.create, d, self._name(name), mode)
+        self.view.remember(node)
         fh = self._fh()
-        self.writers[fh] = _WriteHandle(branch, st, fd, node.inode)
+        self.writers[fh] = _WriteHandle(node, st, fd)
         self.on_change()
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._attrs(node)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attrs(node)
 
     @_guard
     async def write(self, fh, off, buf):
         # inline: a pwrite of at most max_write bytes into the page cache is cheaper than a
-        # thread hand-off (measured: cp into the mount 57 -> see docs/mount.md)
-        return os.pwrite(self.writers[fh].fd, buf, off)
+        # thread hand-off
+        w = self.writers[fh]
+        n = os.pwrite(w.fd, buf, off)
+        w.node.mtime_ns = time.time_ns()
+        w.staged.synced = None
+        return n
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
         n = self.view.node(inode)
-        if not n.writable:
+        if not n.live:
             raise pyfuse3.FUSEError(errno.EROFS)
         if fields.update_size:
-            if not n.writable or self.staging is None:
-                raise pyfuse3.FUSEError(errno.EROFS)
-            branch, path = self.view.branch_path(inode)
             w = self.writers.get(fh) if fh is not None else None
+            fd = w.fd if w is not None and w.node is n else None
+            await self._meta(self.staging.truncate, n, attr.st_size, fd)
             if w is not None:
-                os.ftruncate(w.fd, attr.st_size)
-            else:
-                committed = None if n.key[0] == "staged" else n.entry
-                await self._run(self.staging.truncate, branch, path, attr.st_size, committed)
-                if n.key[0] != "staged":   # the name now shows the staged version
-                    pyfuse3.invalidate_entry_async(self._parent_of(inode), os.fsencode(
-                        path.rsplit("/", 1)[-1]), ignore_enoent=True)
+                w.staged.synced = None
             self.on_change()
-        # times and modes of branch files are not versioned: accepted and ignored
-        return self._attrs(self.view.fresh(inode))
-
-    def _parent_of(self, inode: int) -> int:
-        for parent, _ in self.view.parents.get(inode, ()):
-            return parent
-        return pyfuse3.ROOT_INODE
+        mode = attr.st_mode if fields.update_mode else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        if mode is not None or mtime is not None:
+            await self._meta(self.staging.set_attrs, n, mode, mtime)
+            self.on_change()
+        if (fields.update_uid and attr.st_uid not in (os.getuid(), -1, 0xFFFFFFFF)) or \
+                (fields.update_gid and attr.st_gid not in (os.getgid(), -1, 0xFFFFFFFF)):
+            raise pyfuse3.FUSEError(errno.EPERM)       # ownership is not versioned
+        return self._attrs(n)
 
     @_guard
     async def fsync(self, fh, datasync):
+        """fsync commits: on a descriptor open for writing, the content as it is now (the
+        file stays open and staged); on any other, whatever is ready on the branch."""
         w = self.writers.get(fh)
         if w is not None:
             os.fsync(w.fd)
-            return
-        h = self.files.get(fh)
-        if h is not None and self.staging is not None:
-            try:
-                branch, _ = self.view.branch_path(h.inode)
-            except CorafsError:
-                return
-            await self.commit_now(branch)
+            await self._meta(self.staging.sync_file, w.node, w.staged)
+            node = w.node
+        else:
+            h = self.files.get(fh)
+            node = self.view.nodes.get(h.inode) if h is not None else None
+        if node is not None and node.live:
+            await self.commit_now(node.branch)
+
+    @_guard
+    async def fsyncdir(self, fh, datasync):
+        branches = {n.branch for _name, n in self.dirs.get(fh, []) if n.live}
+        for b in branches:
+            await self.commit_now(b)
 
     async def commit_now(self, branch: Optional[str] = None) -> None:
         """Commit staged work at once (fsync, unmount)."""
-        branches = [branch] if branch else list(self.staging.pending())
+        branches = [branch] if branch else self.staging.pending()
         for b in branches:
-            await self._run(self.staging.commit, b)
+            await self._meta(self.staging.commit, b)
         await self.apply_refresh()
 
     async def apply_refresh(self) -> None:
-        todo = await self._run(self.view.refresh)
+        todo = await self._meta(self.view.refresh)
         for item in todo:
             try:
                 if item[0] == "entry":
@@ -377,76 +388,67 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def unlink(self, parent_inode, name, ctx):
-        branch, path = self._where(parent_inode, name)
-        n = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
-        self.view.forget(n.inode, 1)
-        if n.kind == "dir":
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        in_head = self.view.head_entry(branch, path) is not None
-        await self._run(self.staging.unlink, branch, path, in_head)
+        d = self._parent(parent_inode)
+        await self._meta(self.staging.unlink, d, self._name(name))
         self.on_change()
 
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
-        n = os.fsdecode(name)
+        n = self._name(name)
         if parent_inode == pyfuse3.ROOT_INODE:   # a new branch at the default branch's head
-            await self._run(self.repo.create_branch, n)
-            await self._run(self.view.refresh)
-            return self._attrs(await self._run(self.view.lookup, parent_inode, n))
-        branch, path = self._where(parent_inode, name)
-        try:
-            await self._run(self.view.lookup, parent_inode, n)
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        except NotFound:
-            pass
-        await self._run(self.staging.mkdir, branch, path)
+            await self._meta(self.repo.create_branch, n)
+            await self.apply_refresh()
+            return self._attrs(await self._meta(self.view.lookup, parent_inode, n))
+        d = self._parent(parent_inode)
+        node = await self._meta(self.staging.mkdir, d, n, mode)
+        self.view.remember(node)
         self.on_change()
-        return self._attrs(await self._run(self.view.lookup, parent_inode, n))
+        return self._attrs(node)
 
     @_guard
     async def rmdir(self, parent_inode, name, ctx):
-        if parent_inode == pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.EPERM)   # branches are deleted with the CLI
-        branch, path = self._where(parent_inode, name)
-        d = await self._run(self.view.lookup, parent_inode, os.fsdecode(name))
-        self.view.forget(d.inode, 1)
-        if d.kind != "dir":
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if await self._run(self.view.listdir, d.inode):
-            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        in_head = self.view.head_entry(branch, path) is not None
-        await self._run(self.staging.unlink, branch, path, in_head)
+        d = self._parent(parent_inode)          # branches are deleted with the CLI (EPERM)
+        await self._meta(self.staging.rmdir, d, self._name(name))
         self.on_change()
 
     @_guard
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
-        b1, old = self._where(parent_old, name_old)
-        b2, new = self._where(parent_new, name_new)
-        if b1 != b2:
-            raise pyfuse3.FUSEError(errno.EXDEV)
-        src = await self._run(self.view.lookup, parent_old, os.fsdecode(name_old))
-        self.view.forget(src.inode, 1)
-        if flags & pyfuse3.RENAME_NOREPLACE:
-            try:
-                dst = await self._run(self.view.lookup, parent_new, os.fsdecode(name_new))
-                self.view.forget(dst.inode, 1)
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            except NotFound:
-                pass
-        elif flags:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        await self._run(self.staging.rename, b1, old, new, self.view.head_entry(b1, old))
+        d1, d2 = self._parent(parent_old), self._parent(parent_new)
+        await self._meta(self.staging.rename, d1, self._name(name_old), d2,
+                         self._name(name_new), flags)
         self.on_change()
 
-    async def _erofs(self, *args, **kwargs):
-        raise pyfuse3.FUSEError(errno.EROFS)
+    @_guard
+    async def symlink(self, parent_inode, name, target, ctx):
+        d = self._parent(parent_inode)
+        node = await self._meta(self.staging.symlink, d, self._name(name), target)
+        self.view.remember(node)
+        self.on_change()
+        return self._attrs(node)
 
-    mknod = symlink = link = setxattr = removexattr = _erofs
+    @_guard
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._parent(new_parent_inode)
+        raise pyfuse3.FUSEError(errno.EPERM)           # hard links are not versioned
+
+    @_guard
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._parent(parent_inode)
+        raise pyfuse3.FUSEError(errno.EPERM)           # only files, directories, symlinks
+
+    @_guard
+    async def setxattr(self, inode, name, value, ctx):
+        n = self.view.node(inode)
+        raise pyfuse3.FUSEError(errno.ENOTSUP if n.live else errno.EROFS)
+
+    @_guard
+    async def removexattr(self, inode, name, ctx):
+        n = self.view.node(inode)
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR if n.live else errno.EROFS)
 
     @_guard
     async def access(self, inode, mode, ctx):
         n = self.view.node(inode)
-        if mode & os.W_OK and not n.writable:
+        if mode & os.W_OK and not (n.live or n.writable):
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
-

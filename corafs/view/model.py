@@ -9,10 +9,12 @@
     /@history/<branch>/    NNNN-<date>-<id8> -> ../../@commits/<id>, oldest first
     /main~2/, /v1.0^/      not listed; lookup resolves git-style revisions
 
-Every node has a *key* describing what it is; its inode number is a hash of the key, so
-numbers are stable across remounts. A file's key holds its commit and its content id, so when a
-branch moves, its directory hands out new inodes for changed files while open handles keep the
-old ones (and the kernel's page cache of one inode never mixes two versions).
+Branch directories are live trees (``corafs.view.live``): one node per file or directory, an
+inode that follows it through renames and commits. Everything else is immutable: a node there is
+identified by a *key* (view, commit, path), so the same committed file seen under ``@commits``
+and under ``@tags`` are two nodes, never the branch's node. Inode numbers come from one counter
+and are never reused while the mount runs; a kernel reference (lookup count) keeps a node in the
+table, and a forgotten one is dropped from it (a live node stays in its tree).
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ import threading
 import time
 from typing import Optional
 
-import xxhash
-
 from ..core import tree as treemod
 from ..core.revparse import is_hex_prefix
 from ..errors import CorafsError, NotFound
+from .live import LiveNode
+from .staging import Staging
 
 ROOT_INODE = 1
 SPECIAL = ("@tags", "@commits", "@history")
@@ -50,6 +52,18 @@ class Node:
     immutable: bool = True
     writable: bool = False
     target: bytes = b""
+    live = False
+    nlink_dirs: int = 0
+
+    @property
+    def mtime(self) -> int:
+        if self.kind == "file" and self.entry and self.entry.get("mtime_ns") is not None:
+            return self.entry["mtime_ns"]
+        return self.mtime_ns
+
+    @property
+    def nlink(self) -> int:
+        return 2 + self.nlink_dirs if self.kind == "dir" else 1
 
     @property
     def mode(self) -> int:
@@ -57,7 +71,8 @@ class Node:
             return stat.S_IFDIR | (0o755 if self.writable else 0o555)
         if self.kind == "link":
             return stat.S_IFLNK | 0o777
-        return stat.S_IFREG | (0o644 if self.writable else 0o444)
+        perm = (self.entry or {}).get("mode", 0o644) & 0o555
+        return stat.S_IFREG | perm
 
     @property
     def ttl(self) -> float:
@@ -94,54 +109,72 @@ def history_name(n: int, time_ns: int, cid: str) -> str:
 
 
 class MountView:
-    """Thread-safe. ``refresh()`` re-reads refs and says what the kernel must forget."""
+    """Thread-safe (one lock, shared with the staging area). ``refresh()`` re-reads refs and
+    says what the kernel must forget."""
 
-    def __init__(self, repo, staging=None):
+    def __init__(self, repo, staging: Optional[Staging] = None):
         self.repo = repo
-        self.staging = staging
-        self._lock = threading.RLock()
-        self.nodes: dict[int, Node] = {}
+        self.staging = staging if staging is not None else Staging(repo, None)
+        self.forest = self.staging.forest
+        self._lock = self.staging.lock
+        self.nodes: dict[int, object] = {}
         self.keys: dict[tuple, int] = {}
         self.lookups: dict[int, int] = {}
-        self.parents: dict[int, set[tuple[int, str]]] = {}   # inode -> {(parent, name)}
+        self.parents: dict[int, set[tuple[int, str]]] = {}   # immutable inode -> {(parent, name)}
+        self._next_inode = ROOT_INODE
         self.started_ns = time.time_ns()
         self.branches, self.tags = repo.branches(), repo.tags()
         self._commits: Optional[set[str]] = None
         self._history: dict[str, tuple[str, list]] = {}
-        root = Node(ROOT_INODE, ("root",), "dir", self.started_ns, immutable=False)
+        self.staging.bind(self._alloc, self._detached)
+        root = Node(ROOT_INODE, ("root",), "dir", self.started_ns, immutable=False,
+                    writable=True)
         self.nodes[ROOT_INODE] = root
         self.keys[("root",)] = ROOT_INODE
         self.lookups[ROOT_INODE] = 1
 
     # -- inodes -------------------------------------------------------------------------------
+    def _alloc(self) -> int:
+        with self._lock:
+            self._next_inode += 1
+            return self._next_inode
+
     def _register(self, key: tuple, parent: int, name: str, **attrs) -> Node:
         with self._lock:
             ino = self.keys.get(key)
-            if ino is None:
-                ino = xxhash.xxh3_64_intdigest(repr(key).encode()) & ((1 << 63) - 1)
-                while ino <= ROOT_INODE or (ino in self.nodes and self.nodes[ino].key != key):
-                    ino = (ino + 1) & ((1 << 63) - 1)
-                self.keys[key] = ino
-            node = self.nodes.get(ino)
+            node = self.nodes.get(ino) if ino is not None else None
             if node is None:
-                node = Node(ino, key, **attrs)
-                self.nodes[ino] = node
-            else:   # live nodes (branch dirs) get fresh attributes
+                node = Node(self._alloc(), key, **attrs)
+                self.nodes[node.inode] = node
+                self.keys[key] = node.inode
+            else:   # live nodes of the root (special dirs) get fresh attributes
                 for k, v in attrs.items():
                     setattr(node, k, v)
-            self.parents.setdefault(ino, set()).add((parent, name))
+            self.parents.setdefault(node.inode, set()).add((parent, name))
             return node
 
-    def node(self, inode: int) -> Node:
+    def _expose(self, node):
+        self.nodes[node.inode] = node
+        return node
+
+    def _detached(self, node) -> None:
+        """A live node left its tree: once the kernel holds no reference it is gone."""
+        if self.lookups.get(node.inode, 0) <= 0:
+            self.nodes.pop(node.inode, None)
+
+    def node(self, inode: int):
         n = self.nodes.get(inode)
         if n is None:
             raise NotFound("inode", str(inode))
         return n
 
-    def remember(self, inode: int, n: int = 1) -> None:
+    def remember(self, node, n: int = 1) -> None:
         """The kernel now holds ``n`` more references (a lookup or a readdir entry)."""
         with self._lock:
-            self.lookups[inode] = self.lookups.get(inode, 0) + n
+            self.nodes[node.inode] = node
+            if not node.live and node.inode != ROOT_INODE:
+                self.keys.setdefault(node.key, node.inode)
+            self.lookups[node.inode] = self.lookups.get(node.inode, 0) + n
 
     def forget(self, inode: int, n: int) -> None:
         with self._lock:
@@ -150,25 +183,40 @@ class MountView:
                 self.lookups[inode] = left
                 return
             self.lookups.pop(inode, None)
-            if inode != ROOT_INODE:
-                node = self.nodes.pop(inode, None)
+            if inode == ROOT_INODE:
+                return
+            node = self.nodes.pop(inode, None)
+            if node is not None and not node.live:
                 self.parents.pop(inode, None)
-                if node is not None:
-                    self.keys.pop(node.key, None)
+                if self.keys.get(node.key) == inode:
+                    del self.keys[node.key]
 
     # -- the tree --------------------------------------------------------------------------------
-    def lookup(self, parent: int, name: str) -> Node:
-        """Resolve one name (counts as a kernel reference)."""
-        node = self._child(self.node(parent), name)
-        self.remember(node.inode)
-        return node
+    def lookup(self, parent: int, name: str):
+        """Resolve one name and count it as a kernel reference (atomically)."""
+        with self._lock:
+            node = self._child(self.node(parent), name)
+            self.remember(node)
+            return node
 
-    def listdir(self, inode: int) -> list[tuple[str, Node]]:
+    def peek(self, parent: int, name: str):
+        """Resolve one name without counting a reference (None if absent)."""
+        with self._lock:
+            try:
+                return self._child(self.node(parent), name)
+            except NotFound:
+                return None
+
+    def listdir(self, inode: int) -> list[tuple[str, object]]:
         """Children in a stable (sorted) order; not yet counted as references."""
-        d = self.node(inode)
-        if d.kind != "dir":
-            raise CorafsError("not a directory")
-        return [(name, self._child(d, name)) for name in self._names(d)]
+        with self._lock:
+            d = self.node(inode)
+            if d.kind != "dir":
+                raise CorafsError("not a directory")
+            if d.live:
+                return [(name, self._expose(c))
+                        for name, c in sorted(self.forest.load(d).items())]
+            return [(name, self._child(d, name)) for name in self._names(d)]
 
     def _names(self, d: Node) -> list[str]:
         k = d.key
@@ -182,15 +230,21 @@ class MountView:
             return sorted(self.branches)
         if k[0] == "hist":
             return [name for name, _ in self._history_of(k[1])]
-        if k[0] == "bdir":
-            return sorted(self._branch_entries(d))
         return sorted(self._tree_entries(d))
 
-    def _child(self, d: Node, name: str) -> Node:
+    def _child(self, d, name: str):
+        if d.live:
+            if d.kind != "dir":
+                raise NotFound("path", name)
+            c = self.forest.child(d, name)
+            if c is None:
+                raise NotFound("path", name)
+            return self._expose(c)
         k = d.key
         if k[0] == "root":
             if name in self.branches:
-                return self._branch_dir(name, "", ROOT_INODE)
+                bt = self.forest.tree(name, self.branches[name])
+                return self._expose(bt.root)
             if name in SPECIAL:
                 kind = {"@tags": "tags", "@commits": "commits", "@history": "history"}[name]
                 return self._register((kind,), ROOT_INODE, name, kind="dir",
@@ -218,132 +272,45 @@ class MountView:
         if k[0] == "hist":
             for n, (cid, t) in self._history_of(k[1]):
                 if n == name:
+                    target = f"../../@commits/{cid}"
                     return self._register(("hlink", k[1], cid, name), d.inode, name, kind="link",
-                                          mtime_ns=t, commit=cid,
-                                          target=f"../../@commits/{cid}".encode(),
-                                          size=len(f"../../@commits/{cid}"))
+                                          mtime_ns=t, commit=cid, target=target.encode(),
+                                          size=len(target))
             raise NotFound("history entry", name)
-        path = f"{k[-1]}/{name}" if k[-1] else name
-        if k[0] == "bdir":
-            entries = self._branch_entries(d)
-            if name not in entries:
-                raise NotFound("path", name)
-            e = entries[name]
-            if e.get("kind") == "staged":
-                return self._staged_file(k[1], path, e["staged"], d)
-        else:
-            entries = self._tree_entries(d)
-            if name not in entries:
-                raise NotFound("path", name)
-            e = entries[name]
+        # inside an immutable commit tree: ("cdir", view, cid, path)
+        entries = self._tree_entries(d)
+        if name not in entries:
+            raise NotFound("path", name)
+        e = entries[name]
+        path = f"{k[3]}/{name}" if k[3] else name
         cid = d.commit
         if e["kind"] == "dir":
-            if k[0] == "bdir":
-                return self._branch_dir(k[1], path, d.inode)
             return self._commit_dir(k[1], cid, path, d.inode, name)
-        return self._register(("file", cid, e["id"], path), d.inode, name, kind="file",
-                              mtime_ns=d.mtime_ns, size=e["size"], commit=cid, entry=e,
-                              writable=k[0] == "bdir")
-
-    def _branch_entries(self, d: Node) -> dict:
-        """A branch directory: the head's tree with this mount's staged changes on top."""
-        entries = dict(self._tree_entries(d))
-        if self.staging is None:
-            return entries
-        for name, st in self.staging.children(d.key[1], d.key[2]).items():
-            if st is None or st.kind == "dir":
-                if name not in entries or entries[name]["kind"] != "dir":
-                    entries[name] = {"kind": "dir", "id": None}
-            elif st.kind == "delete":
-                entries.pop(name, None)
-            elif st.kind == "entry":
-                entries[name] = st.entry
-            else:
-                entries[name] = {"kind": "staged", "staged": st}
-        return entries
-
-    def _staged_file(self, branch: str, path: str, st, parent: Node) -> Node:
-        try:
-            size = os.stat(st.spool).st_size
-        except OSError:
-            size = 0
-        return self._register(("staged", branch, path, st.gen), parent.inode,
-                              path.rsplit("/", 1)[-1], kind="file", mtime_ns=time.time_ns(),
-                              size=size, commit=parent.commit, entry={"staged": st.spool},
-                              immutable=False, writable=True)
-
-    def fresh(self, inode: int) -> Node:
-        """A node with its attributes brought up to date (sizes of files being written)."""
-        n = self.node(inode)
-        if n.key[0] == "staged":
-            try:
-                st = os.stat(n.entry["staged"])
-                n.size, n.mtime_ns = st.st_size, st.st_mtime_ns
-            except OSError:
-                pass
-        return n
-
-    def branch_path(self, inode: int) -> tuple[str, str]:
-        """(branch, path) of a node inside a branch directory; CorafsError if not writable."""
-        n = self.node(inode)
-        k = n.key
-        if k[0] == "bdir":
-            return k[1], k[2]
-        if k[0] in ("file", "staged") and n.writable:
-            if k[0] == "staged":
-                return k[1], k[2]
-            return self._file_branch(n), k[3]
-        raise CorafsError("read-only")
-
-    def _file_branch(self, n: Node) -> str:
-        with self._lock:
-            for parent, _name in self.parents.get(n.inode, ()):
-                p = self.nodes.get(parent)
-                if p is not None and p.key[0] == "bdir":
-                    return p.key[1]
-        raise CorafsError("read-only")
-
-    def head_entry(self, branch: str, path: str) -> Optional[dict]:
-        """The committed entry at ``path`` of the branch head (None if absent)."""
-        cid = self.branches.get(branch)
-        if cid is None or not path:
-            return None
-        try:
-            return self.repo.entry(cid, path)
-        except (NotFound, CorafsError):
-            return None
+        if e["kind"] == "link":
+            target = e.get("target", "")
+            return self._register(("link", k[1], cid, path), d.inode, name, kind="link",
+                                  mtime_ns=e.get("mtime_ns") or d.mtime_ns, commit=cid,
+                                  target=os.fsencode(target), size=len(os.fsencode(target)))
+        return self._register(("file", k[1], cid, path), d.inode, name, kind="file",
+                              mtime_ns=d.mtime_ns, size=e["size"], commit=cid, entry=e)
 
     def _tree_entries(self, d: Node) -> dict:
-        if d.key[0] == "bdir":   # live: always the current head
-            cid = self.branches.get(d.key[1])
-            if cid is None:
-                return {}
-            try:
-                e = self.repo.entry(cid, d.key[2])
-            except (NotFound, CorafsError):
-                return {}
-            d.commit = cid
-            d.mtime_ns = self.repo.commit_obj(cid).time_ns
-        else:
-            e = d.entry
+        e = d.entry
         if e is None or e["kind"] != "dir" or not e.get("id"):
             return {}
         return self.repo.get_meta(e["id"])["entries"]
-
-    def _branch_dir(self, branch: str, path: str, parent: int) -> Node:
-        cid = self.branches[branch]
-        return self._register(("bdir", branch, path), parent,
-                              path.rsplit("/", 1)[-1] if path else branch, kind="dir",
-                              mtime_ns=self.repo.commit_obj(cid).time_ns, commit=cid,
-                              immutable=False, writable=True)
 
     def _commit_dir(self, view: str, cid: str, path: str, parent: int, name: str,
                     live: bool = False) -> Node:
         c = self.repo.commit_obj(cid)
         entry = treemod.lookup(self.repo, c.tree, path)
-        return self._register(("cdir", view, cid, path), parent, name, kind="dir",
+        node = self._register(("cdir", view, cid, path), parent, name, kind="dir",
                               mtime_ns=c.time_ns, commit=cid, entry=entry,
                               immutable=not live or bool(path))
+        if entry.get("kind") == "dir" and entry.get("id"):
+            node.nlink_dirs = sum(1 for x in self.repo.get_meta(entry["id"])["entries"].values()
+                                  if x.get("kind") == "dir")
+        return node
 
     def _resolve(self, rev: str) -> str:
         try:
@@ -377,60 +344,87 @@ class MountView:
 
     # -- files -----------------------------------------------------------------------------------
     def open_reader(self, inode: int):
-        """A reader pinned to the version this inode shows."""
-        n = self.node(inode)
-        if n.kind != "file":
-            raise CorafsError("not a file")
-        if "staged" in n.entry:
-            return SpoolReader(n.entry["staged"])
-        return self.repo.open_file(n.entry)
+        """A reader pinned to the version this inode shows now."""
+        with self._lock:
+            n = self.node(inode)
+            if n.kind != "file":
+                raise CorafsError("not a file")
+            if n.live:
+                if n.staged is not None:
+                    return SpoolReader(n.staged.spool)
+                entry = n.entry
+            else:
+                entry = n.entry
+        return self.repo.open_file(entry)
 
     def readlink(self, inode: int) -> bytes:
         return self.node(inode).target
 
     def xattrs(self, inode: int) -> dict[str, bytes]:
-        n = self.node(inode)
-        out = {}
-        if n.key[0] == "bdir":
-            self._tree_entries(n)
-        if n.commit:
-            out["user.corafs.commit"] = n.commit.encode()
-        if n.kind == "file" and n.entry and "sha256" in n.entry:
-            out["user.corafs.sha256"] = n.entry["sha256"].encode()
-        return out
+        with self._lock:
+            n = self.node(inode)
+            out = {}
+            commit = n.commit
+            if n.live:
+                bt = self.forest.trees.get(n.branch)
+                commit = bt.base if bt is not None else n.commit
+            if commit:
+                out["user.corafs.commit"] = commit.encode()
+            if n.kind == "file":
+                e = n.entry
+                if n.live and n.staged is not None:
+                    e = n.staged.entry if n.staged.state == "ingested" else None
+                if e and "sha256" in e:
+                    out["user.corafs.sha256"] = e["sha256"].encode()
+            return out
 
     # -- refs moving -------------------------------------------------------------------------------
     def refresh(self) -> list[tuple]:
-        """Re-read refs. Returns what the kernel must drop: ("entry", parent, name) for names
-        whose meaning changed and ("inode", inode) for directories whose contents changed."""
-        branches, tags = self.repo.branches(), self.repo.tags()
+        """Re-read refs and merge moved branches into their live trees. Returns what the
+        kernel must drop: ("entry", parent, name) for names whose meaning changed and
+        ("inode", inode) for directories whose contents changed."""
         with self._lock:
-            if branches == self.branches and tags == self.tags:
-                return []
-            moved = {b for b in set(branches) | set(self.branches)
-                     if branches.get(b) != self.branches.get(b)}
-            tags_moved = tags != self.tags
-            self.branches, self.tags = branches, tags
-            self._commits = None
-
-            def stale(k: tuple) -> bool:
-                return (k[0] in ("root", "commits")
-                        or (k[0] in ("bdir", "hist") and k[1] in moved)
-                        or (k[0] == "tags" and tags_moved)
-                        or (k[0] == "cdir" and k[1].startswith("rev:") and not k[3])
-                        or (k[0] == "cdir" and k[1].startswith("tag:") and not k[3]
-                            and tags_moved))
-
-            children: dict[int, list[tuple[int, str]]] = {}
-            for child, links in self.parents.items():
-                for parent, name in links:
-                    children.setdefault(parent, []).append((child, name))
+            branches, tags = self.repo.branches(), self.repo.tags()
             out: list[tuple] = []
-            for ino, node in list(self.nodes.items()):
-                if not stale(node.key):
-                    continue
-                out.append(("inode", ino))
-                for child, name in children.get(ino, []):
-                    out.append(("entry", ino, name))
-                    self.parents.get(child, set()).discard((ino, name))
+            if branches != self.branches or tags != self.tags:
+                out += self._refresh_immutable(branches, tags)
+            self.staging.refresh(branches)
+            out += self.forest.invalidations
+            self.forest.invalidations = []
             return out
+
+    def _refresh_immutable(self, branches: dict, tags: dict) -> list[tuple]:
+        moved = {b for b in set(branches) | set(self.branches)
+                 if branches.get(b) != self.branches.get(b)}
+        tags_moved = tags != self.tags
+        out: list[tuple] = [("inode", ROOT_INODE)]
+        for b in set(branches) ^ set(self.branches):
+            out.append(("entry", ROOT_INODE, b))
+        self.branches, self.tags = branches, tags
+        self._commits = None
+
+        def stale(k: tuple) -> bool:
+            return (k[0] == "commits"
+                    or (k[0] == "hist" and k[1] in moved)
+                    or (k[0] == "tags" and tags_moved)
+                    or (k[0] == "cdir" and k[1].startswith("rev:") and not k[3])
+                    or (k[0] == "cdir" and k[1].startswith("tag:") and not k[3]
+                        and tags_moved))
+
+        children: dict[int, list[tuple[int, str]]] = {}
+        for child, links in self.parents.items():
+            for parent, name in links:
+                children.setdefault(parent, []).append((child, name))
+        for ino, node in list(self.nodes.items()):
+            if node.live or not stale(node.key):
+                continue
+            out.append(("inode", ino))
+            for child, name in children.get(ino, []):
+                out.append(("entry", ino, name))
+                self.parents.get(child, set()).discard((ino, name))
+        # revision names (main~1) resolve anew: the kernel must look them up again
+        for child, name in children.get(ROOT_INODE, []):
+            if "~" in name or "^" in name:
+                out.append(("entry", ROOT_INODE, name))
+                self.parents.get(child, set()).discard((ROOT_INODE, name))
+        return out

@@ -1,18 +1,18 @@
-"""Staged writes of a mount: what has been written into branch directories but not committed
-yet (BRIEF section 3). Pure model, no pyfuse3.
+"""Writing into branch directories (BRIEF section 3): the live trees of the branches, the spool
+files that hold written data, the journal, ingest, commits and crash recovery. Pure model, no
+pyfuse3: every operation takes and returns live nodes (``corafs.view.live``) and raises
+``OSError`` with the errno a local disk would give.
 
-Each branch has an *overlay*: path -> Staged. A written file is spooled to
-``REPO/staging/spool/`` (never held in memory), ingested when its last writer closes, and
-committed with everything else that changed on the branch once nothing has been open for
-writing and nothing has changed for ``commit_delay`` seconds (or at once on fsync/unmount).
-
-Crash safety: the overlay (without file data) is journaled to ``REPO/staging/journal.json``,
-rewritten atomically on every state change. The next mount commits what had been fully
-written (closed) and moves files that were still open into ``staging/lost+found`` and reports
-them; nothing is dropped silently, and no half commit is ever visible (commits are atomic)."""
+A written file is spooled to ``REPO/staging/spool/`` (never held in memory). When its last
+writer closes, a worker fsyncs the spool (then the journal may call it committable) and ingests
+it. A branch is committed once nothing on it is open or waiting for ingest and nothing has
+changed for ``commit_delay`` seconds, or at once on fsync/sync/unmount. A file that cannot be
+ingested is kept staged with its reason (``corafs status`` shows it) and never holds back the
+rest of the branch or any other branch.
+"""
 from __future__ import annotations
 
-import dataclasses
+import errno
 import json
 import logging
 import os
@@ -25,344 +25,643 @@ from typing import Optional
 from ..core import tree as treemod
 from ..core.repository import describe_changes
 from ..errors import CorafsError, NotFound
+from . import live
+from .journal import Journal, read_rows
+from .live import (CLOSED, DURABLE, EMPTY_TREE, FAILED, INGESTED, OPEN, Forest, LiveNode,
+                   Staged, check_name, rows_to_changes)
 
 log = logging.getLogger("corafs.staging")
 
-OPEN, CLOSED, INGESTED = "open", "closed", "ingested"
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 
 
-@dataclasses.dataclass
-class Staged:
-    kind: str                      # "file" (spooled), "entry" (a tree entry moved here),
-                                   # "delete", "dir"
-    spool: Optional[str] = None
-    state: str = OPEN
-    writers: int = 0
-    entry: Optional[dict] = None
-    gen: int = 0
-    reason: Optional[str] = None
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "spool": self.spool, "state": self.state, "entry": self.entry,
-                "gen": self.gen}
+def _err(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
 
 
 class Staging:
-    def __init__(self, repo, root: str, commit_delay: float = 1.0, author: Optional[str] = None):
+    def __init__(self, repo, root: Optional[str], commit_delay: float = 1.0,
+                 author: Optional[str] = None):
         self.repo = repo
         self.root = root
-        self.spool_dir = os.path.join(root, "spool")
-        self.journal = os.path.join(root, "journal.json")
         self.commit_delay = commit_delay
         self.author = author
         self.lock = threading.RLock()
-        self.items: dict[str, dict[str, Staged]] = {}
-        self.changed: dict[str, float] = {}
+        self.writable = root is not None
+        self.journal: Optional[Journal] = None
+        self.spool_dir = None
+        if root is not None:
+            self.spool_dir = os.path.join(root, "spool")
+            os.makedirs(self.spool_dir, exist_ok=True)
+            self.journal = Journal(os.path.join(root, "journal.db"))
+        self.changed: dict[str, float] = {}          # branch -> time of its last change
+        self.dirty: set[str] = set()                 # branches with uncommitted changes
+        self.staged: set[LiveNode] = set()           # nodes holding a Staged
         self._gen = 0
-        os.makedirs(self.spool_dir, exist_ok=True)
+        self._commit_locks: dict[str, threading.Lock] = {}
+        self.forest = Forest(repo, self._alloc_unbound, self._detached, self._committed)
+        self._on_detach = lambda n: None
 
-    # -- journal -------------------------------------------------------------------------------
-    def _save(self) -> None:
-        data = {b: {p: s.to_json() for p, s in items.items()} for b, items in self.items.items()
-                if items}
-        tmp = f"{self.journal}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.journal)
+    def bind(self, alloc, on_detach) -> None:
+        """The inode table of the view that shows these trees."""
+        self.forest.alloc = alloc
+        self._on_detach = on_detach
 
-    def _touch(self, branch: str) -> None:
-        self.changed[branch] = time.monotonic()
-        self._save()
+    @staticmethod
+    def _alloc_unbound() -> int:
+        raise RuntimeError("Staging is not bound to a view")
 
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
+    # -- bookkeeping ------------------------------------------------------------------------------
     def _next_gen(self) -> int:
         self._gen += 1
         return self._gen
 
-    # -- queries -------------------------------------------------------------------------------
-    def get(self, branch: str, path: str) -> Optional[Staged]:
-        with self.lock:
-            return self.items.get(branch, {}).get(path)
+    def _detached(self, n: LiveNode) -> None:
+        s = n.staged
+        if s is not None:
+            self.staged.discard(n)
+            if s.writers == 0:
+                _unlink(s.spool)
+        self._on_detach(n)
 
-    def children(self, branch: str, dirpath: str) -> dict[str, Optional[Staged]]:
-        """Overlay of the direct children of ``dirpath``: name -> Staged, or None for a
-        directory implied by a staged path below it."""
-        prefix = f"{dirpath}/" if dirpath else ""
-        out: dict[str, Optional[Staged]] = {}
-        with self.lock:
-            for path, s in self.items.get(branch, {}).items():
-                if not path.startswith(prefix):
-                    continue
-                rest = path[len(prefix):]
-                name, sep, _ = rest.partition("/")
-                if sep:
-                    if s.kind != "delete":
-                        out.setdefault(name, None)
-                else:
-                    out[name] = s
-        return out
+    def _committed(self, n: LiveNode, s: Staged) -> None:
+        self.staged.discard(n)
+        _unlink(s.spool)
 
-    def pending(self) -> dict[str, dict[str, Staged]]:
-        with self.lock:
-            return {b: dict(i) for b, i in self.items.items() if i}
+    def _set_staged(self, n: LiveNode, s: Optional[Staged]) -> None:
+        n.staged = s
+        if s is None:
+            self.staged.discard(n)
+        else:
+            self.staged.add(n)
 
-    # -- writing -------------------------------------------------------------------------------
-    def _new_spool(self) -> str:
-        return os.path.join(self.spool_dir, uuid.uuid4().hex)
+    def _record(self, branch: str, pairs, durable: bool = False) -> None:
+        """Journal the rows at (and below) each ``(directory, name)``; mark the branch dirty."""
+        self.changed[branch] = time.monotonic()
+        self.dirty.add(branch)
+        if self.journal is None:
+            return
+        bt = self.forest.trees.get(branch)
+        if bt is None:
+            return
+        clear, rows = [], {}
+        for d, name in pairs:
+            dp = self.forest.path(d)
+            if dp is None:
+                continue
+            path = f"{dp}/{name}" if dp else name
+            clear.append(path)
+            self.forest.rows_at(d, name, path, False, rows)
+        self.journal.update(branch, bt.base, clear, rows, durable)
 
-    def create(self, branch: str, path: str) -> tuple[Staged, int]:
-        with self.lock:
-            spool = self._new_spool()
-            fd = os.open(spool, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            old = self.items.setdefault(branch, {}).get(path)
-            if old is not None and old.kind == "file" and old.spool and old.writers == 0:
-                _unlink(old.spool)
-            s = Staged("file", spool, OPEN, 1, gen=self._next_gen())
-            self.items[branch][path] = s
-            self._touch(branch)
-            return s, fd
+    def _record_node(self, n: LiveNode, durable: bool = False) -> None:
+        if n.parent is not None and self.forest.attached(n):
+            self._record(n.branch, [(n.parent, n.name)], durable)
 
-    def open_write(self, branch: str, path: str, truncate: bool,
-                   committed: Optional[dict]) -> tuple[Staged, int]:
-        """Open a file of the branch for writing: a staged one in place, a committed one by
-        copying its content into a new spool first (unless truncating)."""
+    def _writable_dir(self, d) -> LiveNode:
+        if not self.writable:
+            raise _err(errno.EROFS)
+        if not isinstance(d, LiveNode):
+            raise _err(errno.EROFS)
+        if d.kind != "dir":
+            raise _err(errno.ENOTDIR)
+        if not self.forest.attached(d):
+            raise _err(errno.ENOENT, "directory was removed")
+        return d
+
+    def _new_spool(self) -> tuple[str, int]:
+        spool = os.path.join(self.spool_dir, uuid.uuid4().hex)
+        return spool, os.open(spool, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
+    # -- namespace operations -----------------------------------------------------------------------
+    def create(self, d, name: str, mode: int) -> tuple[LiveNode, Staged, int]:
+        check_name(name)
         with self.lock:
-            s = self.items.get(branch, {}).get(path)
-            if s is not None and s.kind == "file":
+            d = self._writable_dir(d)
+            if self.forest.child(d, name) is not None:
+                raise _err(errno.EEXIST, name)
+            spool, fd = self._new_spool()
+            n = LiveNode(self.forest.alloc(), "file", d.branch, d, name)
+            n.perm = mode & 0o7777
+            n.mtime_ns = time.time_ns()
+            n.commit, n.default_mtime = d.commit, d.default_mtime
+            s = Staged(spool, OPEN, 1, self._next_gen())
+            self._set_staged(n, s)
+            self.forest.attach(d, name, n)
+            self._record(d.branch, [(d, name)])
+            return n, s, fd
+
+    def mkdir(self, d, name: str, mode: int) -> LiveNode:
+        check_name(name)
+        with self.lock:
+            d = self._writable_dir(d)
+            if self.forest.child(d, name) is not None:
+                raise _err(errno.EEXIST, name)
+            n = LiveNode(self.forest.alloc(), "dir", d.branch, d, name)
+            n.children, n.base, n.origin = {}, {}, EMPTY_TREE
+            n.perm = mode & 0o7777 or live.DEFAULT_DIR_PERM
+            n.commit, n.default_mtime = d.commit, time.time_ns()
+            self.forest.attach(d, name, n)
+            self._record(d.branch, [(d, name)])
+            return n
+
+    def symlink(self, d, name: str, target: bytes) -> LiveNode:
+        check_name(name)
+        if len(target) > 4095:
+            raise _err(errno.ENAMETOOLONG)
+        with self.lock:
+            d = self._writable_dir(d)
+            if self.forest.child(d, name) is not None:
+                raise _err(errno.EEXIST, name)
+            n = LiveNode(self.forest.alloc(), "link", d.branch, d, name)
+            n.target = bytes(target)
+            n.mtime_ns = time.time_ns()
+            n.commit, n.default_mtime = d.commit, d.default_mtime
+            self.forest.attach(d, name, n)
+            self._record(d.branch, [(d, name)])
+            return n
+
+    def unlink(self, d, name: str) -> None:
+        with self.lock:
+            d = self._writable_dir(d)
+            c = self.forest.child(d, name)
+            if c is None:
+                raise _err(errno.ENOENT, name)
+            if c.kind == "dir":
+                raise _err(errno.EISDIR, name)
+            self.forest.detach(d, name)
+            self._record(d.branch, [(d, name)])
+
+    def rmdir(self, d, name: str) -> None:
+        with self.lock:
+            d = self._writable_dir(d)
+            c = self.forest.child(d, name)
+            if c is None:
+                raise _err(errno.ENOENT, name)
+            if c.kind != "dir":
+                raise _err(errno.ENOTDIR, name)
+            if self.forest.load(c):
+                raise _err(errno.ENOTEMPTY, name)
+            self.forest.detach(d, name)
+            self._record(d.branch, [(d, name)])
+
+    def rename(self, d1, n1: str, d2, n2: str, flags: int = 0) -> None:
+        check_name(n2)
+        with self.lock:
+            d1, d2 = self._writable_dir(d1), self._writable_dir(d2)
+            if d1.branch != d2.branch:
+                raise _err(errno.EXDEV, "rename between branches")
+            src = self.forest.child(d1, n1)
+            if src is None:
+                raise _err(errno.ENOENT, n1)
+            dst = self.forest.child(d2, n2)
+            if flags & RENAME_EXCHANGE:
+                if flags & ~RENAME_EXCHANGE:
+                    raise _err(errno.EINVAL)
+                if dst is None:
+                    raise _err(errno.ENOENT, n2)
+                if src is dst:
+                    return
+                if (src.kind == "dir" and self.forest.is_ancestor(src, d2)) or \
+                        (dst.kind == "dir" and self.forest.is_ancestor(dst, d1)):
+                    raise _err(errno.EINVAL, "cannot move a directory into itself")
+                d1.children[n1], d2.children[n2] = dst, src
+                dst.parent, dst.name, src.parent, src.name = d1, n1, d2, n2
+                self._record(d1.branch, [(d1, n1), (d2, n2)])
+                return
+            if flags & ~RENAME_NOREPLACE:
+                raise _err(errno.EINVAL)
+            if dst is not None and flags & RENAME_NOREPLACE:
+                raise _err(errno.EEXIST, n2)
+            if src is dst:
+                return
+            if src.kind == "dir" and self.forest.is_ancestor(src, d2):
+                raise _err(errno.EINVAL, "cannot move a directory into itself")
+            if dst is not None:
+                if src.kind == "dir":
+                    if dst.kind != "dir":
+                        raise _err(errno.ENOTDIR, n2)
+                    if self.forest.load(dst):
+                        raise _err(errno.ENOTEMPTY, n2)
+                elif dst.kind == "dir":
+                    raise _err(errno.EISDIR, n2)
+                self.forest.detach(d2, n2)
+            del d1.children[n1]
+            self.forest.attach(d2, n2, src)
+            self._record(d1.branch, [(d1, n1), (d2, n2)])
+
+    # -- file data ----------------------------------------------------------------------------------
+    def open_write(self, n: LiveNode, truncate: bool) -> tuple[Staged, int]:
+        """Open a file for writing. A staged file is reopened; a committed one becomes staged
+        (same node, same inode) with its content copied to a spool first unless truncating."""
+        if not self.writable or not isinstance(n, LiveNode):
+            raise _err(errno.EROFS)
+        if n.kind != "file":
+            raise _err(errno.EISDIR)
+        with self.lock:
+            s = n.staged
+            if s is not None:
                 fd = os.open(s.spool, os.O_RDWR)
                 if truncate:
                     os.ftruncate(fd, 0)
+                    n.mtime_ns = time.time_ns()
                 s.writers += 1
                 s.state = OPEN
                 s.gen = self._next_gen()
-                self._touch(branch)
+                self._record_node(n)
                 return s, fd
-            entry = s.entry if s is not None and s.kind == "entry" else committed
-        spool = self._new_spool()
-        fd = os.open(spool, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        if entry is not None and not truncate:
-            reader = self.repo.open_file(entry)
-            pos = 0
-            for piece in reader.chunks(self.repo.pool):
-                os.pwrite(fd, piece, pos)
-                pos += len(piece)
+            entry = n.entry
+        spool, fd = self._new_spool()
+        try:
+            if entry is not None and not truncate:
+                reader = self.repo.open_file(entry)
+                pos = 0
+                for piece in reader.chunks(self.repo.pool):
+                    os.pwrite(fd, piece, pos)
+                    pos += len(piece)
+        except BaseException:
+            os.close(fd)
+            _unlink(spool)
+            raise
         with self.lock:
-            s = Staged("file", spool, OPEN, 1, gen=self._next_gen())
-            self.items.setdefault(branch, {})[path] = s
-            self._touch(branch)
+            if n.staged is not None:                # staged by another opener meanwhile
+                os.close(fd)
+                _unlink(spool)
+                return self.open_write(n, truncate)
+            s = Staged(spool, OPEN, 1, self._next_gen())
+            self._set_staged(n, s)
+            if truncate:
+                n.mtime_ns = time.time_ns()
+            self._record_node(n)
             return s, fd
 
-    def truncate(self, branch: str, path: str, size: int, committed: Optional[dict]) -> Staged:
-        s = self.get(branch, path)
-        if s is None or s.kind != "file":
-            s, fd = self.open_write(branch, path, size == 0, committed)
-            os.ftruncate(fd, size)
-            os.close(fd)
-            self.release(branch, s)
-            return s
+    def wrote(self, n: LiveNode) -> None:
+        n.mtime_ns = time.time_ns()
+
+    def release(self, n: LiveNode, s: Staged) -> bool:
+        """A writer closed. Returns True when the file is now ready to ingest."""
         with self.lock:
-            os.truncate(s.spool, size)
-            s.gen = self._next_gen()
-            if s.writers == 0:
+            s.writers = max(0, s.writers - 1)
+            if s.writers:
+                return False
+            if n.staged is not s or not self.forest.attached(n):
+                _unlink(s.spool)                  # replaced or removed while open
+                return False
+            if s.state == OPEN:
                 s.state = CLOSED
-            self._touch(branch)
-            return s
+                s.gen = self._next_gen()
+                self._record_node(n)
+                return True
+            return False
 
-    def path_of(self, branch: str, st: Staged) -> Optional[str]:
-        """Where a staged file is now (it may have been renamed while open)."""
+    def truncate(self, n: LiveNode, size: int, fd: Optional[int] = None) -> None:
+        if not self.writable or not isinstance(n, LiveNode):
+            raise _err(errno.EROFS)
+        if n.kind != "file":
+            raise _err(errno.EISDIR)
+        if fd is not None:
+            os.ftruncate(fd, size)
+            with self.lock:
+                n.mtime_ns = time.time_ns()
+            return
         with self.lock:
-            for p, s in self.items.get(branch, {}).items():
-                if s is st:
-                    return p
-        return None
+            s = n.staged
+            if s is not None:
+                os.truncate(s.spool, size)
+                s.gen = self._next_gen()
+                if s.writers == 0:
+                    s.state = CLOSED
+                n.mtime_ns = time.time_ns()
+                self._record_node(n)
+                return
+        s, wfd = self.open_write(n, truncate=size == 0)
+        try:
+            os.ftruncate(wfd, size)
+        finally:
+            os.close(wfd)
+            self.release(n, s)
 
-    def release(self, branch: str, st: Staged) -> tuple[Optional[str], bool]:
-        """A writer of ``st`` closed; returns (its current path, whether it is now ready to
-        ingest). A file unlinked or replaced while open is simply dropped."""
+    def set_attrs(self, n, mode: Optional[int] = None, mtime_ns: Optional[int] = None) -> None:
+        if not self.writable or not isinstance(n, LiveNode):
+            raise _err(errno.EROFS)
         with self.lock:
-            st.writers = max(0, st.writers - 1)
-            path = self.path_of(branch, st)
+            if mode is not None:
+                n.perm = mode & 0o7777
+            if mtime_ns is not None and n.kind != "dir":
+                n.mtime_ns = mtime_ns
+            if n.kind != "dir" or mode is not None:
+                self._record_node(n)
+
+    def sync_file(self, n: LiveNode, s: Staged) -> None:
+        """fsync on a descriptor open for writing: store the content as it is now, so that
+        the next commit holds it although the file stays open."""
+        with self.lock:
+            path = self.forest.path(n)
+            if path is None or n.staged is not s:
+                return
+            s.synced = live.SYNCING
+            branch = n.branch
+        res = self.repo.ingest(s.spool, path, branch)
+        with self.lock:
+            if s.synced is live.SYNCING and n.staged is s:
+                s.synced = res.entry
+                self._record_node(n, durable=True)
+
+    # -- ingest --------------------------------------------------------------------------------------
+    def to_ingest(self) -> list[LiveNode]:
+        with self.lock:
+            return [n for n in self.staged
+                    if n.staged.state in (CLOSED, DURABLE) and n.staged.writers == 0]
+
+    def ingest(self, n: LiveNode) -> None:
+        """Make a closed file durable, then store it (in a worker thread). Any failure leaves
+        it staged as FAILED with the reason; a change meanwhile makes the result moot."""
+        with self.lock:
+            s = n.staged
+            if s is None or s.state not in (CLOSED, DURABLE) or s.writers:
+                return
+            path = self.forest.path(n)
             if path is None:
-                if st.writers == 0:
-                    _unlink(st.spool)
-                return None, False
-            if st.writers == 0 and st.state == OPEN:
-                st.state = CLOSED
-                self._touch(branch)
-                return path, True
-            return path, False
-
-    def ingest(self, branch: str, path: str) -> Optional[Staged]:
-        """Ingest a closed file (in a worker thread). Safe against concurrent rewrites: the
-        result is dropped if the file changed meanwhile."""
-        with self.lock:
-            s = self.items.get(branch, {}).get(path)
-            if s is None or s.kind != "file" or s.state != CLOSED:
-                return s
-            gen, spool = s.gen, s.spool
-        res = self.repo.ingest(spool, path, branch)
+                return
+            gen, branch, state = s.gen, n.branch, s.state
+        try:
+            if state == CLOSED:
+                _fsync_path(s.spool)
+                _fsync_path(self.spool_dir)
+                with self.lock:
+                    if s.gen != gen or n.staged is not s:
+                        return
+                    s.state = DURABLE
+                    self._record_node(n, durable=True)
+            res = self.repo.ingest(s.spool, path, branch)
+        except Exception as e:  # one file must never stop the repository
+            log.error("%s:%s could not be stored, it stays staged: %s: %s", branch, path,
+                      type(e).__name__, e)
+            with self.lock:
+                if s.gen == gen and n.staged is s:
+                    s.state = FAILED
+                    s.reason = f"{type(e).__name__}: {e}"
+                    self._record_node(n)
+            return
         if res.reason:
             log.warning("%s:%s stored as an opaque file (%s)", branch, path, res.reason)
         with self.lock:
-            s = self.items.get(branch, {}).get(path)
-            if s is not None and s.gen == gen and s.state == CLOSED and s.spool == spool:
+            if s.gen == gen and n.staged is s and s.state == DURABLE:
                 s.state = INGESTED
                 s.entry = res.entry
                 s.reason = res.reason
-                self._save()
-            return s
+                self._record_node(n, durable=True)
 
-    def unlink(self, branch: str, path: str, in_head: bool) -> None:
-        with self.lock:
-            items = self.items.setdefault(branch, {})
-            s = items.pop(path, None)
-            if s is not None and s.kind == "file" and s.writers == 0:
-                _unlink(s.spool)
-            if in_head:
-                items[path] = Staged("delete", gen=self._next_gen())
-            self._touch(branch)
-
-    def mkdir(self, branch: str, path: str) -> None:
-        with self.lock:
-            self.items.setdefault(branch, {})[path] = Staged("dir", gen=self._next_gen())
-            self._touch(branch)
-
-    def rename(self, branch: str, old: str, new: str, head_entry: Optional[dict]) -> None:
-        """Move ``old`` (and, for a directory, everything staged below it) to ``new``,
-        replacing whatever was there."""
-        with self.lock:
-            items = self.items.setdefault(branch, {})
-            for p in [p for p in items if p == new or p.startswith(new + "/")]:
-                s = items.pop(p)
-                if s.kind == "file" and s.writers == 0:
-                    _unlink(s.spool)
-            moved = {p: items.pop(p) for p in list(items)
-                     if p == old or p.startswith(old + "/")}
-            own = moved.pop(old, None)
-            if own is not None and own.kind != "delete":
-                items[new] = own
-            elif head_entry is not None:
-                items[new] = Staged("entry", state=INGESTED, entry=head_entry,
-                                    gen=self._next_gen())
-            else:
-                items[new] = Staged("delete", gen=self._next_gen())   # replace with nothing
-            for p, s in moved.items():
-                items[new + p[len(old):]] = s
-            if head_entry is not None:
-                items[old] = Staged("delete", gen=self._next_gen())
-            self._touch(branch)
-
-    # -- committing ----------------------------------------------------------------------------
+    # -- committing ------------------------------------------------------------------------------------
     def due(self, now: Optional[float] = None) -> list[str]:
-        """Branches whose quiet period has passed with nothing open and nothing to ingest."""
+        """Branches whose quiet period has passed with nothing open or waiting for ingest."""
         now = time.monotonic() if now is None else now
-        out = []
         with self.lock:
-            for b, items in self.items.items():
-                if not items or now - self.changed.get(b, 0) < self.commit_delay:
-                    continue
-                if any(s.kind == "file" and s.state != INGESTED for s in items.values()):
-                    continue
-                out.append(b)
-        return out
+            busy = {n.branch for n in self.staged if n.staged.busy}
+            return [b for b in self.dirty if b not in busy
+                    and now - self.changed.get(b, 0) >= self.commit_delay]
 
-    def to_ingest(self) -> list[tuple[str, str]]:
+    def pending(self) -> list[str]:
         with self.lock:
-            return [(b, p) for b, items in self.items.items() for p, s in items.items()
-                    if s.kind == "file" and s.state == CLOSED]
+            return sorted(self.dirty)
+
+    def _commit_lock(self, branch: str) -> threading.Lock:
+        with self.lock:
+            return self._commit_locks.setdefault(branch, threading.Lock())
 
     def commit(self, branch: str, message: Optional[str] = None) -> Optional[str]:
-        """Commit everything ready on ``branch`` (ingesting closed files first). Files still
-        open stay staged."""
-        for b, p in self.to_ingest():
-            if b == branch:
-                self.ingest(b, p)
-        with self.lock:
-            snapshot = {p: (s.gen, s) for p, s in self.items.get(branch, {}).items()
-                        if not (s.kind == "file" and s.state != INGESTED)}
-        if not snapshot:
-            return None
-        changes: dict[str, Optional[dict]] = {}
-        for p, (_g, s) in snapshot.items():
-            if s.kind in ("file", "entry"):
-                changes[p] = s.entry
-            elif s.kind == "delete":
-                changes[p] = treemod.DELETE
-            else:
-                changes[p] = treemod.MKDIR
-        head = self.repo.head(branch)
-        if message is None:
-            message = describe_changes(self.repo, self.repo.commit_obj(head).tree, changes)
-        cid, _ = self.repo.commit_changes(branch, changes, message, self.author)
-        with self.lock:
-            items = self.items.get(branch, {})
-            for p, (g, s) in snapshot.items():
-                cur = items.get(p)
-                if cur is not None and cur.gen == g:
-                    items.pop(p)
-                    if cur.kind == "file" and cur.writers == 0:
-                        _unlink(cur.spool)
-            self._save()
-        if cid:
-            log.info("committed %s to %s: %s", cid[:12], branch, message)
-        return cid
+        """Commit everything committable on ``branch`` (closed files are ingested first);
+        files still open or failed stay staged."""
+        with self._commit_lock(branch):
+            for n in self.to_ingest():
+                if n.branch == branch:
+                    self.ingest(n)
+            with self.lock:
+                bt = self.forest.trees.get(branch)
+                if bt is None:
+                    self.dirty.discard(branch)
+                    return None
+                rows = self.forest.rows(branch, committable=True)
+                base = bt.base
+                bt.committing = True
+            try:
+                cid, t0 = self._commit_rows(branch, base, rows, message)
+                new = cid or self.repo.head(branch)
+            except BaseException:
+                with self.lock:
+                    bt.committing = False
+                raise
+            with self.lock:
+                bt.committing = False
+                if self.forest.trees.get(branch) is bt:
+                    self.forest.reconcile(branch, t0, new)
+                    self._rewrite(branch)
+            if cid:
+                log.info("committed %s to %s", cid[:12], branch)
+            return cid
+
+    def _commit_rows(self, branch: str, base: str, rows: dict, message: Optional[str]):
+        base_tree = self.repo.commit_obj(base).tree
+        if not rows:
+            return None, base_tree
+        changes = rows_to_changes(rows)
+        w = self.repo.store.writer()
+        try:
+            t0 = treemod.apply(self.repo, w, base_tree, changes)
+            if message is None:
+                message = describe_changes(self.repo, base_tree, changes)
+        except BaseException:
+            w.abort()
+            raise
+        cid, _ = self.repo.commit_changes(branch, changes, message, self.author,
+                                          expected=base, writer=w)
+        return cid, t0
+
+    def _rewrite(self, branch: str) -> None:
+        """After a commit or a merge of another writer's commit: the branch's rows anew."""
+        bt = self.forest.trees.get(branch)
+        rows = self.forest.rows(branch, committable=False) if bt is not None else {}
+        if not rows:
+            self.dirty.discard(branch)
+        if self.journal is not None:
+            self.journal.replace(branch, bt.base if bt is not None and rows else None, rows)
 
     def commit_all(self) -> list[str]:
         out = []
-        for b in list(self.pending()):
+        for b in self.pending():
             try:
                 cid = self.commit(b)
-            except CorafsError:
-                log.exception("commit of staged changes on %s failed", b)
+            except Exception:
+                log.exception("commit of staged changes on %s failed; they stay staged", b)
                 continue
             if cid:
                 out.append(cid)
         return out
 
-    # -- recovery ------------------------------------------------------------------------------
+    def refresh(self, branches: dict[str, str]) -> None:
+        """Another writer moved branches (``branches``: name -> head): merge into the live
+        trees; a branch that is gone loses its live tree (its staged work stays journaled)."""
+        with self.lock:
+            for b, bt in list(self.forest.trees.items()):
+                if bt.committing:
+                    continue                      # the commit merges when it lands
+                head = branches.get(b)
+                if head is None:
+                    if b in self.dirty:
+                        log.warning("branch %s was deleted; its staged changes are kept in the "
+                                    "journal until the next mount recovers them", b)
+                    self.forest.drop_branch(b)
+                    self.forest.invalidations.append(("entry", 1, b))
+                    continue
+                if head != bt.base:
+                    old = self.repo.commit_obj(bt.base).tree
+                    self.forest.reconcile(b, old, head)
+                    if b in self.dirty:
+                        self._rewrite(b)
+                    elif self.journal is not None:
+                        pass
+
+    # -- recovery -------------------------------------------------------------------------------------
     def recover(self) -> list[str]:
-        """After a crash: commit what was fully written, move what was still open to
-        lost+found. Returns one line per file, for the log and `corafs status`."""
-        if not os.path.exists(self.journal):
+        """After a crash: commit what was closed and durable (ingesting it now), keep what was
+        still being written in ``lost+found``, and say so, one line per file. Never raises:
+        a mount always starts."""
+        if self.journal is None:
             return []
-        with open(self.journal) as f:
-            data = json.load(f)
-        report = []
+        report: list[str] = []
         lost = os.path.join(self.root, "lost+found")
-        for branch, items in data.items():
-            if branch not in self.repo.branches():
-                report.append(f"branch {branch} no longer exists: {len(items)} staged change(s) "
-                              f"kept in {lost}")
-            for path, js in items.items():
-                s = Staged(js["kind"], js.get("spool"), js.get("state", OPEN), 0,
-                           js.get("entry"), self._next_gen())
-                if s.kind == "file" and (s.state == OPEN or branch not in self.repo.branches()
-                                         or not s.spool or not os.path.exists(s.spool)):
-                    if s.spool and os.path.exists(s.spool):
-                        dest = os.path.join(lost, branch, path)
-                        os.makedirs(os.path.dirname(dest), exist_ok=True)
-                        shutil.move(s.spool, dest)
-                        report.append(f"{branch}:{path} was still being written: kept as {dest}")
-                    else:
-                        report.append(f"{branch}:{path} was still being written and has no data")
-                    continue
-                if branch not in self.repo.branches():
-                    continue
-                self.items.setdefault(branch, {})[path] = s
-                report.append(f"{branch}:{path} recovered ({s.kind})")
-        self._save()
-        for b in list(self.items):
+        legacy = os.path.join(self.root, "journal.json")
+        if os.path.exists(legacy):
+            dest = os.path.join(lost, f"journal-{int(time.time())}.json")
+            os.makedirs(lost, exist_ok=True)
+            shutil.move(legacy, dest)
+            report.append(f"an old-format journal was kept as {dest}")
+        try:
+            data = self.journal.load()
+        except Exception as e:  # an unreadable journal must not stop the mount
+            dest = os.path.join(lost, f"journal-{int(time.time())}.db")
+            os.makedirs(lost, exist_ok=True)
+            self.journal.close()
+            shutil.move(self.journal.path, dest)
+            self.journal = Journal(os.path.join(self.root, "journal.db"))
+            return [f"the staging journal could not be read ({e}); kept as {dest}"]
+        for branch, (base, rows) in sorted(data.items()):
             try:
-                self.commit(b, message=f"Recover {len(self.items[b])} staged change(s) "
-                                       "after an unclean unmount")
-            except (CorafsError, OSError) as e:
-                report.append(f"recovery commit on {b} failed: {e}")
+                report += self._recover_branch(branch, base, rows, lost)
+            except Exception as e:
+                log.exception("recovery of %s failed", branch)
+                dest = os.path.join(lost, f"{branch}.rows.json")
+                os.makedirs(lost, exist_ok=True)
+                with open(dest, "w") as f:
+                    json.dump({"base": base, "rows": rows}, f, indent=1)
+                for path, r in rows.items():
+                    if r.get("op") == "staged":
+                        self._keep(r, branch, path, lost)
+                report.append(f"recovery of branch {branch} failed ({e}); its staged changes "
+                              f"are kept in {dest}")
+            self.journal.replace(branch, None, {})
+        self.remove_orphan_spools()
         if report:
             with open(os.path.join(self.root, "recovered.log"), "a") as f:
                 for line in report:
                     f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
         return report
+
+    def _keep(self, r: dict, branch: str, path: str, lost: str) -> Optional[str]:
+        spool = r.get("spool")
+        if not spool or not os.path.exists(spool):
+            return None
+        dest = os.path.join(lost, branch, path)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.exists(dest):
+            dest = f"{dest}.{uuid.uuid4().hex[:6]}"
+        shutil.move(spool, dest)
+        return dest
+
+    def _recover_branch(self, branch: str, base: str, rows: dict, lost: str) -> list[str]:
+        report = []
+        if branch not in self.repo.branches():
+            for path, r in rows.items():
+                if r.get("op") == "staged":
+                    dest = self._keep(r, branch, path, lost)
+                    report.append(f"{branch}:{path}: branch no longer exists; kept as {dest}")
+            if rows:
+                report.append(f"branch {branch} no longer exists: {len(rows)} staged change(s) "
+                              "not committed")
+            return report
+        changes = {}
+        for path, r in sorted(rows.items()):
+            if r.get("op") != "staged":
+                changes[path] = rows_to_changes({path: r})[path]
+                report.append(f"{branch}:{path} recovered ({r.get('op')})")
+                continue
+            state, spool = r.get("state"), r.get("spool")
+            if r.get("synced") and state not in (DURABLE, FAILED):
+                changes[path] = _with_attrs(r["synced"], r)
+                dest = self._keep(r, branch, path, lost)
+                report.append(f"{branch}:{path} recovered as of its last fsync; what was "
+                              f"written after it is kept as {dest}")
+                continue
+            if state in (DURABLE, FAILED) and spool and os.path.exists(spool):
+                try:
+                    res = self.repo.ingest(spool, path, branch)
+                except Exception as e:
+                    dest = self._keep(r, branch, path, lost)
+                    report.append(f"{branch}:{path} could not be stored ({type(e).__name__}: "
+                                  f"{e}); kept as {dest}")
+                    continue
+                changes[path] = _with_attrs(res.entry, r)
+                report.append(f"{branch}:{path} recovered (written and closed)")
+                continue
+            dest = self._keep(r, branch, path, lost)
+            if dest:
+                report.append(f"{branch}:{path} was still being written: kept as {dest}")
+            else:
+                report.append(f"{branch}:{path} was still being written and has no data")
+        if changes:
+            try:
+                base_ok = bool(base) and self.repo.store.has(base)
+            except CorafsError:
+                base_ok = False
+            self.repo.commit_changes(branch, changes,
+                                     f"Recover {len(changes)} staged change(s) after an "
+                                     "unclean unmount", self.author,
+                                     expected=base if base_ok else None)
+        return report
+
+    def remove_orphan_spools(self, keep: set[str] = frozenset()) -> list[str]:
+        """Spool files no journal row refers to are leftovers of an interrupted write."""
+        if self.spool_dir is None:
+            return []
+        with self.lock:
+            live_spools = {n.staged.spool for n in self.staged}
+            try:
+                rows = self.journal.load() if self.journal else {}
+            except Exception:
+                return []
+            for _b, (_base, rs) in rows.items():
+                live_spools |= {r.get("spool") for r in rs.values() if r.get("op") == "staged"}
+            removed = []
+            for fn in os.listdir(self.spool_dir):
+                p = os.path.join(self.spool_dir, fn)
+                if p not in live_spools and p not in keep:
+                    _unlink(p)
+                    removed.append(p)
+            return removed
+
+
+def _with_attrs(entry: dict, row: dict) -> dict:
+    e = {k: v for k, v in entry.items() if k not in ("mode", "mtime_ns")}
+    if row.get("mode") not in (None, live.DEFAULT_FILE_PERM):
+        e["mode"] = row["mode"]
+    if row.get("mtime_ns") is not None:
+        e["mtime_ns"] = row["mtime_ns"]
+    return e
 
 
 def _unlink(path: Optional[str]) -> None:
@@ -373,19 +672,30 @@ def _unlink(path: Optional[str]) -> None:
             pass
 
 
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def status_lines(repo_path: str) -> list[str]:
-    """What `corafs status` shows: staged changes and files kept after a crash."""
+    """What `corafs status` shows: staged changes (with why a file is held back) and files kept
+    after a crash."""
     root = os.path.join(repo_path, "staging")
     out = []
-    journal = os.path.join(root, "journal.json")
-    if os.path.exists(journal):
-        with open(journal) as f:
-            data = json.load(f)
-        for branch, items in sorted(data.items()):
-            for path, js in sorted(items.items()):
-                what = {"file": f"written ({js.get('state')})", "entry": "moved",
-                        "delete": "deleted", "dir": "new directory"}.get(js["kind"], js["kind"])
-                out.append(f"staged   {branch}:{path}  {what}")
+    for branch, (_base, rows) in sorted(read_rows(root).items()):
+        for path, r in sorted(rows.items()):
+            op = r.get("op")
+            if op == "staged":
+                what = f"written ({r.get('state')})"
+                if r.get("state") == FAILED:
+                    what = f"NOT STORED: {r.get('reason')}"
+            else:
+                what = {"entry": "changed", "delete": "deleted", "mkdir": "new directory"}.get(
+                    op, op)
+            out.append(f"staged   {branch}:{path}  {what}")
     lost = os.path.join(root, "lost+found")
     if os.path.isdir(lost):
         for dirpath, _d, files in os.walk(lost):
@@ -396,4 +706,5 @@ def status_lines(repo_path: str) -> list[str]:
     return out
 
 
-__all__ = ["Staging", "Staged", "status_lines", "NotFound"]
+__all__ = ["Staging", "Staged", "status_lines", "NotFound", "OPEN", "CLOSED", "DURABLE",
+           "INGESTED", "FAILED", "RENAME_NOREPLACE", "RENAME_EXCHANGE"]

@@ -1,0 +1,109 @@
+"""The staging journal: what a mount has changed in its branches and not committed yet, kept
+transactionally on disk (sqlite3 in WAL mode) so that a crash loses nothing that was closed.
+
+One row per path where a branch's live tree differs from the commit it is based on (see
+``corafs.view.live``): a tree entry, a deletion, a new directory, or a staged file (its spool
+and state). A change costs one small transaction whatever the number of staged files; a commit
+replaces a branch's rows in one transaction. Rows that record a file as committable (durable
+or ingested) are written with ``synchronous=FULL``; the rest with ``NORMAL`` (a power loss can
+lose the last few renames, as on a local disk, never make a torn file committable).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Iterable, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS base (branch TEXT PRIMARY KEY, commit_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rows (
+    branch TEXT NOT NULL, path TEXT NOT NULL, row TEXT NOT NULL,
+    PRIMARY KEY (branch, path));
+"""
+
+
+class Journal:
+    def __init__(self, path: str, readonly: bool = False):
+        self.path = path
+        self.lock = threading.Lock()
+        if readonly:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                      check_same_thread=False, isolation_level=None)
+            return
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    # -- writing --------------------------------------------------------------------------------
+    def update(self, branch: str, base: str, clear: Iterable[str], rows: dict[str, dict],
+               durable: bool = False) -> None:
+        """Delete the rows at (and below) each path of ``clear``, then write ``rows``."""
+        with self.lock:
+            if durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                cur = self.db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                cur.execute("INSERT OR REPLACE INTO base VALUES (?, ?)", (branch, base))
+                for p in clear:
+                    cur.execute("DELETE FROM rows WHERE branch = ? AND (path = ? OR "
+                                "(path >= ? AND path < ?))", (branch, p, p + "/", p + "0"))
+                cur.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)",
+                                [(branch, p, json.dumps(r)) for p, r in rows.items()])
+                cur.execute("COMMIT")
+            finally:
+                if durable:
+                    self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def replace(self, branch: str, base: Optional[str], rows: dict[str, dict]) -> None:
+        """All rows of ``branch`` at once (after a commit); base None forgets the branch."""
+        with self.lock:
+            self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                cur = self.db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                cur.execute("DELETE FROM rows WHERE branch = ?", (branch,))
+                if base is None:
+                    cur.execute("DELETE FROM base WHERE branch = ?", (branch,))
+                else:
+                    cur.execute("INSERT OR REPLACE INTO base VALUES (?, ?)", (branch, base))
+                    cur.executemany("INSERT INTO rows VALUES (?, ?, ?)",
+                                    [(branch, p, json.dumps(r)) for p, r in rows.items()])
+                cur.execute("COMMIT")
+            finally:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+
+    # -- reading --------------------------------------------------------------------------------
+    def load(self) -> dict[str, tuple[str, dict[str, dict]]]:
+        """branch -> (base commit, {path: row}); only branches with rows."""
+        with self.lock:
+            bases = dict(self.db.execute("SELECT branch, commit_id FROM base"))
+            out: dict[str, tuple[str, dict[str, dict]]] = {}
+            for branch, path, row in self.db.execute(
+                    "SELECT branch, path, row FROM rows ORDER BY branch, path"):
+                out.setdefault(branch, (bases.get(branch, ""), {}))[1][path] = json.loads(row)
+            return out
+
+
+def read_rows(staging_dir: str) -> dict[str, tuple[str, dict[str, dict]]]:
+    """The journal's rows without opening it for writing (``corafs status``)."""
+    path = os.path.join(staging_dir, "journal.db")
+    if not os.path.exists(path):
+        return {}
+    try:
+        j = Journal(path, readonly=True)
+    except sqlite3.Error:
+        return {}
+    try:
+        return j.load()
+    except sqlite3.Error:
+        return {}
+    finally:
+        j.close()

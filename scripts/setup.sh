@@ -3,9 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! dpkg -s fuse3 libfuse3-dev pkg-config >/dev/null 2>&1; then
+  if ! dpkg -s fuse3 libfuse3-dev pkg-config rsync sqlite3 >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config rsync sqlite3 >/dev/null
   fi
 fi
 PY=${PYTHON:-python3}

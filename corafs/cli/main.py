@@ -218,6 +218,9 @@ def cmd_show(a):
                 if fe["kind"] == "file":
                     print(f"{fmt.size(fe['size']):>12}  {fe['format']:<12} {p}")
             return
+        if e["kind"] == "link":
+            print(f"{path} -> {e.get('target')}  (symbolic link)")
+            return
         _show_file(repo, path, e)
 
 
@@ -259,19 +262,24 @@ def cmd_ls(a):
             return
         if a.recursive:
             for p, fe in repo.walk(cid, path):
-                print(f"{fmt.size(fe.get('size')) if fe['kind'] == 'file' else 'dir':>12}  {p}")
+                print(f"{_ls_size(fe):>12}  {p}{_ls_link(fe)}")
             return
         for name, fe in sorted(repo.listdir(cid, path).items()):
-            if fe["kind"] == "dir":
-                print(f"{'dir':>12}  {name}/")
-            else:
-                print(f"{fmt.size(fe['size']):>12}  {name}")
+            print(f"{_ls_size(fe):>12}  {name}{'/' if fe['kind'] == 'dir' else ''}{_ls_link(fe)}")
+
+
+def _ls_size(e: dict) -> str:
+    return {"dir": "dir", "link": "link"}.get(e["kind"]) or fmt.size(e.get("size"))
+
+
+def _ls_link(e: dict) -> str:
+    return f" -> {e.get('target')}" if e["kind"] == "link" else ""
 
 
 def cmd_export(a):
     with open_repo(a.repo) as repo:
         cid, path, e = repo.resolve_path(a.spec)
-        total = e["size"] if e["kind"] == "file" else sum(
+        total = e.get("size", 0) if e["kind"] != "dir" else sum(
             fe["size"] for _, fe in repo.walk(cid, path) if fe["kind"] == "file")
         with progress(total, "export") as upd:
             written = repo.export(a.spec, a.dest, upd)

@@ -57,6 +57,8 @@ def fsck(repo, on_progress: Optional[Callable[[int], None]] = None) -> FsckRepor
             stack.extend(c.parents)
             verified.add(c.tree)
             for path, e in tree.walk(repo, c.tree):
+                if e["kind"] == "link":
+                    continue
                 verified.add(e["id"])
                 if e["kind"] == "file" and e["id"] not in files:
                     files[e["id"]] = (f"{cid[:12]}:{path}", e)

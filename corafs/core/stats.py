@@ -37,6 +37,8 @@ def stats(repo) -> Stats:
         t = repo.commit_obj(cid).tree
         metas.add(t)
         for _p, e in tree.walk(repo, t):
+            if e["kind"] == "link":
+                continue
             metas.add(e["id"])
             if e["kind"] == "file":
                 files[e["id"]] = e

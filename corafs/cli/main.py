@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("fsck", cmd_fsck, "verify every object and every file's sha256")
     sp.add_argument("repo")
+    sp.add_argument("--repair", action="store_true",
+                    help="remove leftovers of interrupted writes whose writer is gone")
 
     _add_mount_commands(cmd)
     return p
@@ -350,12 +352,44 @@ def cmd_stats(a):
             print(f"{k:<26} {v}")
 
 
+def _staging_garbage(repo_path: str, repair: bool, repaired: list) -> list:
+    """Spool files of the mount's staging area that no journal row refers to, while no mount
+    runs: what an interrupted write through the mount left behind."""
+    try:
+        from ..daemon import MountLock
+        from ..view.staging import orphan_spools
+    except ImportError:
+        return []
+    if MountLock(repo_path).holder():
+        return []
+    out = []
+    for p, n in orphan_spools(repo_path):
+        if repair:
+            try:
+                os.unlink(p)
+                repaired.append((p, n))
+                continue
+            except OSError:
+                pass
+        out.append((p, n, False))
+    return out
+
+
 def cmd_fsck(a):
     with open_repo(a.repo) as repo:
         with progress(0, "fsck") as upd:
-            rep = repo.fsck(upd)
+            rep = repo.fsck(upd, repair=a.repair)
         print(f"checked {rep.commits} commits, {rep.files} file versions "
               f"({fmt.size(rep.bytes_checked)}), {rep.objects} objects")
+        garbage = list(rep.garbage) + _staging_garbage(repo.path, a.repair, rep.repaired)
+        for path, n in rep.repaired:
+            print(f"removed  {os.path.relpath(path, repo.path)}  ({fmt.size(n)}, left by an "
+                  "interrupted write)")
+        for path, n, alive in garbage:
+            why = ("being written by a running corafs process" if alive else
+                   "left by an interrupted write; removed by the next write, the next mount "
+                   "or `corafs fsck --repair`")
+            print(f"garbage  {os.path.relpath(path, repo.path)}  ({fmt.size(n)}, {why})")
         if rep.ok:
             print("repository is consistent")
             return 0

@@ -15,6 +15,10 @@ from .objects import META_MAGIC, decode_meta
 @dataclasses.dataclass
 class FsckReport:
     problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: leftovers of interrupted writes: (path, bytes, whether a live writer still owns it).
+    #: Garbage, not damage: they never make ``ok`` false.
+    garbage: list[tuple[str, int, bool]] = dataclasses.field(default_factory=list)
+    repaired: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     commits: int = 0
     files: int = 0
     objects: int = 0
@@ -25,9 +29,14 @@ class FsckReport:
         return not self.problems
 
 
-def fsck(repo, on_progress: Optional[Callable[[int], None]] = None) -> FsckReport:
+def fsck(repo, on_progress: Optional[Callable[[int], None]] = None,
+         repair: bool = False) -> FsckReport:
     rep = FsckReport()
     progress = on_progress or (lambda n: None)
+    if hasattr(repo.store, "temporaries"):
+        if repair:
+            rep.repaired = repo.store.clean_temporaries()
+        rep.garbage = repo.store.temporaries()
     for what, problem in repo.store.verify():
         rep.problems.append((what, problem))
     verified: set[str] = set()

@@ -493,9 +493,9 @@ class Repository:
         raise RefConflict(f"heads/{branch}", head, self.store.get_ref(f"heads/{branch}"))
 
     # -- inspection -------------------------------------------------------------------------------
-    def fsck(self, on_progress=None):
+    def fsck(self, on_progress=None, repair: bool = False):
         from .fsck import fsck
-        return fsck(self, on_progress)
+        return fsck(self, on_progress, repair)
 
     def diff(self, rev1: str, rev2: str, tensors: bool = True):
         from .diff import diff

@@ -86,7 +86,7 @@ class SimIndex:
                     if fp:
                         rows.add(f"{t['dtype']} {t['nbytes']} {fp} {t['id']}\n")
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
+        tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             f.writelines(sorted(rows))
         os.replace(tmp, self.path)

@@ -9,16 +9,25 @@ Layout under ``<repo>/``::
 
 Durability order for a batch: pack written as ``*.h5.tmp``, fsynced, renamed, directory
 fsynced, then the .idx; refs are only moved by the caller after ``commit()`` returns. A crash
-therefore leaves at worst a ``*.tmp`` file (ignored, reported by fsck, removed by gc).
+therefore leaves at worst temporary files: garbage, not damage.
 
-h5py serializes every call behind one global lock anyway; this store holds its own lock around
-HDF5 access so the rest of corafs can call it from worker threads.
+Every temporary file carries the *token* of the process that writes it
+(``pack-<uuid>.<token>.spool.tmp``), and that process holds an exclusive lock on
+``objects/writer-<token>.lock`` for as long as it lives. ``clean_temporaries`` removes a
+temporary file only when its writer's lock is free: the writer died (a crash, kill -9), never
+while a concurrent ``corafs commit`` is still writing it. It runs before the first write of
+every process (the next command that writes, the next mount) and on ``fsck --repair``.
+
+Locks: ``_lock`` guards the index and the handle table only (held for dict operations); a
+pack being sealed (HDF5 calls, copies, fsyncs) never holds it, so reads go on meanwhile. Pack
+handles are reference-counted: one evicted from the table is closed when its last read ends.
 """
 from __future__ import annotations
 
 import collections
 import fcntl
 import os
+import re
 import threading
 import uuid
 from typing import Iterator, Optional
@@ -42,8 +51,76 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+_TOKEN_RE = re.compile(r"\.w([0-9a-f]{12})\.")
+
+
+class WriterToken:
+    """This process's writer identity: a random token and an exclusive lock held until the
+    process ends (the kernel drops it then, however the process ends)."""
+
+    _mine: dict[str, "WriterToken"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, objdir: str):
+        self.token = uuid.uuid4().hex[:12]
+        self.path = os.path.join(objdir, f"writer-{self.token}.lock")
+        self.pid = os.getpid()
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    @classmethod
+    def of(cls, objdir: str) -> "WriterToken":
+        key = os.path.realpath(objdir)
+        with cls._guard:
+            t = cls._mine.get(key)
+            if t is None or t.pid != os.getpid():
+                t = cls._mine[key] = cls(objdir)
+            return t
+
+    def tmp(self, path: str, suffix: str = "tmp") -> str:
+        """A temporary name beside ``path`` that says who writes it."""
+        return f"{path}.w{self.token}.{uuid.uuid4().hex[:6]}.{suffix}"
+
+
+def writer_alive(objdir: str, token: str) -> bool:
+    path = os.path.join(objdir, f"writer-{token}.lock")
+    for mine in WriterToken._mine.values():
+        if mine.token == token and mine.pid == os.getpid():
+            return True
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def temporaries(*dirs: str) -> list[tuple[str, int, Optional[str]]]:
+    """Temporary files of interrupted or running writes: (path, size, writer token)."""
+    out = []
+    for d in dirs:
+        for dirpath, _dn, files in os.walk(d):
+            for fn in files:
+                if not (fn.endswith(".tmp") or ".tmp-" in fn):
+                    continue
+                p = os.path.join(dirpath, fn)
+                m = _TOKEN_RE.search(fn)
+                try:
+                    size = os.path.getsize(p)
+                except OSError:
+                    continue
+                out.append((p, size, m.group(1) if m else None))
+    return out
+
+
+def atomic_write(path: str, data: bytes, token: Optional["WriterToken"] = None) -> None:
+    tmp = token.tmp(path) if token else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -58,10 +135,11 @@ class _PackWriter:
     early, copies the spool into it at the offset HDF5 reports (copy_file_range, in the
     kernel), writes the object table, fsyncs and renames."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, token: WriterToken):
         self.name = f"pack-{uuid.uuid4().hex}"
-        self.tmp = os.path.join(directory, self.name + ".h5.tmp")
-        self.spool_path = os.path.join(directory, self.name + ".spool.tmp")
+        self.token = token
+        self.tmp = os.path.join(directory, f"{self.name}.w{token.token}.h5.tmp")
+        self.spool_path = os.path.join(directory, f"{self.name}.w{token.token}.spool.tmp")
         self.final = os.path.join(directory, self.name + ".h5")
         self.spool = os.open(self.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self.size = 0
@@ -109,7 +187,7 @@ class _PackWriter:
         table = np.concatenate([np.array([(_DATA_ROW, offset or 0, self.size)], _IDX_DTYPE),
                                 table])
         idx = self.final[:-3] + ".idx"
-        tmp = f"{idx}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = self.token.tmp(idx)
         with open(tmp, "wb") as f:
             np.save(f, table)
             f.flush()
@@ -159,12 +237,16 @@ class _Pack:
             raise OSError(f"{path}: pack data is not one contiguous dataset")
         self.fd = os.open(path, os.O_RDONLY)
         self.file_size = os.fstat(self.fd).st_size
+        self.users = 0          # reads in progress (guarded by the store's lock)
+        self.evicted = False
 
     def read(self, off: int, ln: int) -> bytes:
         return os.pread(self.fd, ln, self.offset + off)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _LocalWriter(ObjectWriter):
@@ -173,6 +255,7 @@ class _LocalWriter(ObjectWriter):
         self.pack: Optional[_PackWriter] = None
         self.ids: set[str] = set()
         self.done = False
+        self._lock = threading.Lock()      # this batch only: never blocks readers
 
     def has(self, oid: str) -> bool:
         return oid in self.ids
@@ -180,9 +263,9 @@ class _LocalWriter(ObjectWriter):
     def put(self, oid: str, data) -> None:
         if oid in self.ids:
             return
-        with self.store._lock:
+        with self._lock:
             if self.pack is None:
-                self.pack = _PackWriter(self.store.objdir)
+                self.pack = _PackWriter(self.store.objdir, self.store.token())
             self.pack.put(oid, data)
             self.ids.add(oid)
             if self.pack.nbytes >= self.store.tuning.pack_target:
@@ -190,19 +273,24 @@ class _LocalWriter(ObjectWriter):
 
     def _seal(self) -> None:
         pack, self.pack = self.pack, None
-        table = pack.finish()
-        self.store._add_pack(pack.name, table)
+        try:
+            table = pack.finish()
+        except BaseException:
+            pack.abort()
+            raise
+        with self.store._lock:
+            self.store._add_pack(pack.name, table)
 
     def commit(self) -> None:
         if self.done:
             return
-        with self.store._lock:
+        with self._lock:
             if self.pack is not None:
                 self._seal()
         self.done = True
 
     def abort(self) -> None:
-        with self.store._lock:
+        with self._lock:
             if self.pack is not None:
                 self.pack.abort()
                 self.pack = None
@@ -220,9 +308,43 @@ class LocalStore(ObjectStore):
         self._packs: set[str] = set()
         self._where: dict[str, tuple[int, int]] = {}
         self._handles: "collections.OrderedDict[str, _Pack]" = collections.OrderedDict()
+        self._token: Optional[WriterToken] = None
         os.makedirs(self.objdir, exist_ok=True)
         os.makedirs(self.refdir, exist_ok=True)
         self._scan()
+
+    def token(self) -> WriterToken:
+        """This process's writer token; the first write of a process first removes what dead
+        writers left behind."""
+        if self._token is None or self._token.pid != os.getpid():
+            self._token = WriterToken.of(self.objdir)
+            self.clean_temporaries()
+        return self._token
+
+    def temporaries(self) -> list[tuple[str, int, bool]]:
+        """(path, size, whether a live writer owns it) of every temporary file."""
+        return [(p, n, tok is not None and writer_alive(self.objdir, tok))
+                for p, n, tok in temporaries(self.objdir, self.refdir)]
+
+    def clean_temporaries(self) -> list[tuple[str, int]]:
+        """Remove the temporary files of writers that are gone (and their lock files)."""
+        removed = []
+        for p, n, alive in self.temporaries():
+            if alive:
+                continue
+            try:
+                os.unlink(p)
+                removed.append((p, n))
+            except FileNotFoundError:
+                pass
+        for fn in os.listdir(self.objdir):
+            m = re.fullmatch(r"writer-([0-9a-f]{12})\.lock", fn)
+            if m and not writer_alive(self.objdir, m.group(1)):
+                try:
+                    os.unlink(os.path.join(self.objdir, fn))
+                except FileNotFoundError:
+                    pass
+        return removed
 
     @classmethod
     def create(cls, root: str, tuning: Tuning = DEFAULT) -> "LocalStore":
@@ -260,7 +382,7 @@ class LocalStore(ObjectStore):
                 table["len"] = f["lengths"][:]
         except (OSError, KeyError):
             return None
-        tmp = os.path.join(self.objdir, f"{name}.idx.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = self.token().tmp(os.path.join(self.objdir, name + ".idx"))
         try:
             with open(tmp, "wb") as fh:
                 np.save(fh, table)
@@ -297,8 +419,16 @@ class LocalStore(ObjectStore):
         self._handles[pack] = f
         while len(self._handles) > self.tuning.open_packs:
             _, old = self._handles.popitem(last=False)
-            old.close()
+            old.evicted = True
+            if old.users == 0:
+                old.close()
         return f
+
+    def _release(self, h: _Pack) -> None:
+        with self._lock:
+            h.users -= 1
+            if h.evicted and h.users == 0:
+                h.close()
 
     # -- objects -----------------------------------------------------------------------------
     def has(self, oid: str) -> bool:
@@ -318,9 +448,11 @@ class LocalStore(ObjectStore):
     def _read(self, oid, pack, off, ln):
         if ln == 0:
             return b""
+        h = None
         try:
             with self._lock:
                 h = self._handle(pack)
+                h.users += 1
             if off + ln > h.length or h.offset + off + ln > h.file_size:
                 raise CorruptObject(oid, f"pack {pack} is truncated")
             data = h.read(off, ln)
@@ -331,10 +463,13 @@ class LocalStore(ObjectStore):
             raise
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             with self._lock:
-                bad = self._handles.pop(pack, None)
-            if bad is not None:
-                bad.close()
+                if self._handles.get(pack) is h and h is not None:
+                    del self._handles[pack]
+                    h.evicted = True
             raise CorruptObject(oid, f"cannot read pack {pack}: {e}") from None
+        finally:
+            if h is not None:
+                self._release(h)
 
     def size_of(self, oid: str) -> int:
         return self._locate(oid)[2]
@@ -356,13 +491,10 @@ class LocalStore(ObjectStore):
     def verify(self):
         for fn in sorted(os.listdir(self.objdir)):
             path = os.path.join(self.objdir, fn)
-            if ".tmp" in fn:
-                yield (fn, "leftover temporary file from an interrupted write (removed by gc)")
-                continue
             if not fn.endswith(".h5"):
                 continue
             try:
-                with self._lock, h5py.File(path, "r") as f:
+                with h5py.File(path, "r") as f:
                     n = f["data"].shape[0]
                     ends = f["offsets"][:] + f["lengths"][:]
                     if len(ends) and int(ends.max()) > n:
@@ -401,7 +533,7 @@ class LocalStore(ObjectStore):
                         os.unlink(path)
                         fsync_dir(os.path.dirname(path))
                 else:
-                    atomic_write(path, (new + "\n").encode())
+                    atomic_write(path, (new + "\n").encode(), self.token())
             finally:
                 fcntl.flock(lk.fileno(), fcntl.LOCK_UN)
 

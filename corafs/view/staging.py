@@ -680,6 +680,25 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def orphan_spools(repo_path: str) -> list[tuple[str, int]]:
+    """Spool files no journal row refers to (call only while the repository is not mounted)."""
+    root = os.path.join(repo_path, "staging")
+    spool_dir = os.path.join(root, "spool")
+    if not os.path.isdir(spool_dir):
+        return []
+    used = {r.get("spool") for _b, (_base, rows) in read_rows(root).items()
+            for r in rows.values() if r.get("op") == "staged"}
+    out = []
+    for fn in sorted(os.listdir(spool_dir)):
+        p = os.path.join(spool_dir, fn)
+        if p not in used:
+            try:
+                out.append((p, os.path.getsize(p)))
+            except OSError:
+                pass
+    return out
+
+
 def status_lines(repo_path: str) -> list[str]:
     """What `corafs status` shows: staged changes (with why a file is held back) and files kept
     after a crash."""

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import codecs, formats
+from ..errors import CorafsError
 from ..codecs.lossy import LOSSY_DTYPES
 from . import simindex
 from .objects import data_id, tensor_hasher
@@ -63,8 +64,27 @@ class Ingestor:
             return self.ingest(f, name, size, ref)
 
     def ingest(self, f, name: str, size: int, ref: Optional[dict]) -> IngestResult:
-        """``ref``: the previous version's file manifest (for delta references), or None."""
+        """``ref``: the previous version's file manifest (for delta references), or None.
+        A checkpoint whose layout cannot be stored as parsed is stored opaque instead, with
+        the reason: one file must never fail a commit for what its bytes are."""
         layout = formats.detect(f, name, size)
+        if layout.format == "opaque":
+            return self._ingest(f, size, ref, layout)
+        try:
+            return self._ingest(f, size, ref, layout)
+        except (OSError, MemoryError, CorafsError):
+            raise
+        except Exception as e:
+            try:
+                self._drain()
+            except Exception:
+                pass
+            self._inflight.clear()
+            reason = f"parsed as {layout.format} but not storable that way " \
+                     f"({type(e).__name__}: {e})"[:500]
+            return self._ingest(f, size, None, formats.Layout("opaque", size, reason=reason))
+
+    def _ingest(self, f, size: int, ref: Optional[dict], layout) -> IngestResult:
         self._new_bytes = 0
         self.lossy_used = False
         sha = hashlib.sha256()

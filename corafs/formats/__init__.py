@@ -30,6 +30,11 @@ def detect(f, name: str, size: int) -> Layout:
             return mod.parse(f, size)
         except UnsupportedFormat as e:
             reason = str(e)
+        except (OSError, MemoryError):
+            raise                      # the machine's trouble, not the file's
+        except Exception as e:  # any parser failure means "store it opaque", never a crash
+            reason = f"not parsed as {mod.__name__.rsplit('.', 1)[-1]}: " \
+                     f"{type(e).__name__}: {e}"[:500]
     if reason is None and expected is not None:
         if expected == "pth" and head[:2] == b"\x80\x02":
             reason = "legacy (non-zip) torch.save format: stored as an opaque file"

@@ -206,8 +206,9 @@ def read(data: bytes) -> tuple[Any, list[PersId]]:
                 raise UnsafePickle(f"opcode {n}")
     except (UnsupportedFormat, UnsafePickle):
         raise
-    except (ValueError, IndexError, KeyError, TypeError, EOFError) as e:
-        raise UnsupportedFormat("pth", f"malformed pickle: {e}") from None
+    except (ValueError, IndexError, KeyError, TypeError, EOFError, RecursionError,
+            OverflowError, AttributeError) as e:
+        raise UnsupportedFormat("pth", f"malformed pickle: {type(e).__name__}: {e}") from None
     raise UnsupportedFormat("pth", "pickle has no STOP opcode (truncated)")
 
 
@@ -227,12 +228,18 @@ def _target(obj, kind):
     raise UnsupportedFormat("pth", f"cannot add items to {type(obj).__name__}")
 
 
+_SCALARS = (str, int, float, bool, bytes, type(None), Global)
+
+
 def _key(k):
-    try:
-        hash(k)
+    """A dict/set key as the pickle names it, when it is a scalar or a shallow tuple of them.
+    Anything else gets a placeholder name: hashing an attacker-built 200,000-deep tuple
+    recurses in C without a limit and kills the process (never call hash() on it)."""
+    if isinstance(k, _SCALARS):
         return k
-    except TypeError:
-        return repr(k)
+    if isinstance(k, tuple) and len(k) <= 64 and all(isinstance(x, _SCALARS) for x in k):
+        return k
+    return f"<{type(k).__name__} key at {id(k):x}>"
 
 
 def _dict_from(items: list) -> dict:

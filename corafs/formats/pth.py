@@ -15,6 +15,9 @@ from . import pickle_reader as pr
 from .layout import Layout, TensorSpan, View
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
+#: the largest data.pkl read (decompressed). Real checkpoints' pickles are kilobytes to a few
+#: megabytes; a larger one (or a zip bomb) is stored opaque. Parsing costs about 10x this.
+MAX_PICKLE = 16 << 20
 _REBUILD = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"}
 
 
@@ -27,16 +30,23 @@ def parse(f, size: int) -> Layout:
     try:
         zf = zipfile.ZipFile(f)
         infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except Exception as e:  # zipfile raises many types on hostile input
         raise UnsupportedFormat("pth", f"not a readable zip archive: {e}") from None
     pkl = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
     if not pkl:
         raise UnsupportedFormat("pth", "zip archive has no <name>/data.pkl record")
     prefix = pkl[0].filename[:-len("data.pkl")]
+    if pkl[0].file_size > MAX_PICKLE:
+        raise UnsupportedFormat("pth", f"data.pkl is {pkl[0].file_size} bytes, more than the "
+                                       f"{MAX_PICKLE >> 20} MiB parsed")
     try:
-        data = zf.read(pkl[0])
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise UnsupportedFormat("pth", f"cannot read data.pkl: {e}") from None
+        with zf.open(pkl[0]) as fh:           # bounded: the declared size may lie
+            data = fh.read(MAX_PICKLE + 1)
+    except Exception as e:  # bad deflate, encryption, unknown compression, truncation...
+        raise UnsupportedFormat("pth", f"cannot read data.pkl: {type(e).__name__}: {e}") \
+            from None
+    if len(data) > MAX_PICKLE:
+        raise UnsupportedFormat("pth", f"data.pkl inflates to more than {MAX_PICKLE >> 20} MiB")
     root, persids = pr.read(data)
 
     # storage key -> dtype name, from the persistent ids ('storage', type, key, location, numel)

@@ -20,6 +20,13 @@ def looks_like(head: bytes) -> bool:
     return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
 
 
+def _int(x) -> int:
+    """A non-negative integer as JSON gives it (no floats, no Infinity, no bools)."""
+    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+        raise ValueError(f"{x!r} is not a non-negative integer")
+    return x
+
+
 def parse(f, size: int) -> Layout:
     f.seek(0)
     head = f.read(8)
@@ -31,7 +38,7 @@ def parse(f, size: int) -> Layout:
     raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UnsupportedFormat("safetensors", f"header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise UnsupportedFormat("safetensors", "header is not a JSON object")
@@ -43,9 +50,11 @@ def parse(f, size: int) -> Layout:
             continue
         try:
             dtype = info["dtype"]
-            shape = tuple(int(x) for x in info["shape"])
-            b, e = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+            if not isinstance(dtype, str):
+                raise TypeError("dtype is not a string")
+            shape = tuple(_int(x) for x in info["shape"])
+            b, e = (_int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise UnsupportedFormat("safetensors", f"bad header entry for {name!r}") from None
         if not (0 <= b <= e <= data_len):
             raise UnsupportedFormat(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from contextlib import contextmanager
 
@@ -22,7 +23,14 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `corafs log REPO | head`: the reader has what it wanted; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except CorafsError as e:
         print(f"corafs: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -146,19 +154,39 @@ def cmd_init(a):
 
 
 def _collect(paths, to):
-    files = {}
+    """What to commit: regular files (dest -> local path), symlinks inside directories as
+    link entries (never followed: a link to /etc/passwd is a link, not its content), and the
+    special files skipped, with why. A path named on the command line is followed."""
+    files, links, skipped = {}, {}, []
     for p in paths:
         if os.path.isdir(p):
-            for dirpath, _dirs, names in os.walk(p):
-                for n in sorted(names):
-                    full = os.path.join(dirpath, n)
-                    rel = os.path.relpath(full, p).replace(os.sep, "/")
-                    files[_join(to, rel)] = full
+            _scan_dir(p, "", to, files, links, skipped)
         elif os.path.exists(p):
+            if not stat.S_ISREG(os.stat(p).st_mode):
+                raise CorafsError(f"{p} is not a regular file or a directory")
             files[_join(to, os.path.basename(p.rstrip("/")))] = p
         else:
             raise FileNotFoundError(2, "No such file or directory", p)
-    return files
+    return files, links, skipped
+
+
+def _scan_dir(root, rel, to, files, links, skipped):
+    with os.scandir(os.path.join(root, rel) if rel else root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        r = f"{rel}/{e.name}" if rel else e.name
+        if e.is_symlink():
+            links[_join(to, r)] = {"kind": "link", "target": os.readlink(e.path)}
+        elif e.is_dir(follow_symlinks=False):
+            _scan_dir(root, r, to, files, links, skipped)
+        elif e.is_file(follow_symlinks=False):
+            files[_join(to, r)] = e.path
+        else:
+            mode = e.stat(follow_symlinks=False).st_mode
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special")
+            skipped.append((e.path, f"{kind}: only files, directories and symlinks are "
+                                     "versioned"))
 
 
 def _join(a, b):
@@ -169,11 +197,13 @@ def _join(a, b):
 def cmd_commit(a):
     with open_repo(a.repo) as repo:
         branch = a.branch or repo.default_branch
-        files = _collect(a.paths, a.to)
+        files, links, skipped = _collect(a.paths, a.to)
+        for path, why in skipped:
+            print(f"note: skipped {path} ({why})", file=sys.stderr)
         total = sum(os.path.getsize(p) for p in files.values())
         with progress(total, "ingest") as upd:
             res = repo.commit(branch, files, message=a.message, author=a.author,
-                              lossy=a.lossy, on_progress=upd)
+                              lossy=a.lossy, on_progress=upd, entries=links)
         for dest, r in res.files:
             if r.reason:
                 print(f"note: {dest} stored as an opaque file ({r.reason})", file=sys.stderr)
@@ -183,7 +213,8 @@ def cmd_commit(a):
         c = repo.commit_obj(res.commit)
         new = sum(r.new_bytes for _, r in res.files)
         print(f"[{branch} {c.id[:12]}] {c.message}")
-        print(f" {len(files)} file(s), {fmt.size(total)} in, {fmt.size(new)} new in the store")
+        print(f" {len(files)} file(s){f', {len(links)} symlink(s)' if links else ''}, "
+              f"{fmt.size(total)} in, {fmt.size(new)} new in the store")
 
 
 def cmd_log(a):

@@ -9,7 +9,22 @@ from typing import Callable, Optional
 from .. import codecs
 from ..errors import CorafsError
 from . import tree
-from .objects import META_MAGIC, decode_meta
+from .objects import META_MAGIC, decode_meta, tensor_hasher
+
+
+def _check_tensor_manifest(repo, reader, t: dict, where: str, rep) -> None:
+    """A tensor manifest is addressed by its tensor's content, not its own bytes: check it
+    says the same as the file (dtype, shape, size, blocks)."""
+    tm = repo.tensor_manifest(t["id"])
+    if (tm.get("dtype"), list(tm.get("shape", [])), tm.get("nbytes")) != \
+            (t["dtype"], list(t["shape"]), t["nbytes"]):
+        rep.problems.append((f"{where} tensor {t['name']}",
+                             "tensor manifest does not describe this tensor"))
+        return
+    blocks = [b[0] for b in tm.get("blocks", [])]
+    if t["nbytes"] and blocks != reader.objects_for(t["offset"], t["nbytes"]):
+        rep.problems.append((f"{where} tensor {t['name']}",
+                             "tensor manifest lists other blocks than the file"))
 
 
 @dataclasses.dataclass
@@ -79,14 +94,33 @@ def fsck(repo, on_progress: Optional[Callable[[int], None]] = None,
         rep.files += 1
         try:
             m = repo.get_meta(fid)
-            for t in m.get("tensors", []):
-                repo.tensor_manifest(t["id"])
-                verified.add(t["id"])
             r = repo.open_file(fid)
+            tensors = sorted(m.get("tensors", []), key=lambda t: t["offset"])
+            for t in tensors:
+                _check_tensor_manifest(repo, r, t, where, rep)
+                verified.add(t["id"])
+            hashers = [tensor_hasher(t["dtype"], t["shape"]) for t in tensors]
             h = hashlib.sha256()
+            pos, first = 0, 0
             for piece in r.chunks(repo.pool):
                 h.update(piece)
+                end = pos + len(piece)
+                j = first            # each tensor's id is the hash of its bytes: check it
+                while j < len(tensors) and tensors[j]["offset"] < end:
+                    t = tensors[j]
+                    a, b = max(t["offset"], pos), min(t["offset"] + t["nbytes"], end)
+                    if b > a:
+                        hashers[j].update(piece[a - pos:b - pos])
+                    j += 1
+                while first < len(tensors) and \
+                        tensors[first]["offset"] + tensors[first]["nbytes"] <= end:
+                    first += 1
+                pos = end
                 progress(len(piece))
+            for t, th in zip(tensors, hashers):
+                if th.hexdigest() != t["id"]:
+                    rep.problems.append((f"{where} tensor {t['name']}",
+                                         "its bytes do not match its tensor id"))
             verified.update(r.objs)
             rep.bytes_checked += r.size
             if h.hexdigest() != m["sha256"] or m["sha256"] != e.get("sha256", m["sha256"]):

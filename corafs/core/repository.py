@@ -300,6 +300,11 @@ class Repository:
         return cid
 
     def _resolve_name(self, name: str) -> str:
+        if not revparse.is_hex_prefix(name):
+            try:
+                revparse.check_ref_name(name)      # never a path: '../../corafs.json'
+            except CorafsError:
+                raise NotFound("revision", name) from None
         cid = self.store.get_ref(f"heads/{name}")
         if cid is not None:
             return cid

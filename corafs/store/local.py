@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from ..config import DEFAULT, Tuning
-from ..errors import CorruptObject, MissingObject, RefConflict
+from ..errors import CorruptObject, InvalidName, MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 
 _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
@@ -489,6 +489,20 @@ class LocalStore(ObjectStore):
         return total
 
     def verify(self):
+        for dirpath, _dirs, files in os.walk(self.refdir):
+            for fn in files:
+                if ".tmp" in fn:
+                    continue
+                path = os.path.join(dirpath, fn)
+                rel = os.path.relpath(path, self.refdir)
+                try:
+                    val = open(path).read().strip()
+                except (OSError, UnicodeDecodeError) as e:
+                    yield (f"ref {rel}", f"unreadable: {e}")
+                    continue
+                if not re.fullmatch(r"[0-9a-f]{64}", val):
+                    yield (f"ref {rel}", "empty or not a commit id" if not val else
+                           f"not a commit id: {val[:40]!r}")
         for fn in sorted(os.listdir(self.objdir)):
             path = os.path.join(self.objdir, fn)
             if not fn.endswith(".h5"):
@@ -510,7 +524,10 @@ class LocalStore(ObjectStore):
 
     # -- refs ----------------------------------------------------------------------------------
     def _ref_path(self, name: str) -> str:
-        return os.path.join(self.refdir, *name.split("/"))
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\0" in name:
+            raise InvalidName(name, "not a ref name")
+        return os.path.join(self.refdir, *parts)
 
     def get_ref(self, name: str) -> Optional[str]:
         try:

@@ -104,3 +104,10 @@ class UnsafePickle(UnsupportedFormat):
 
 def short(oid) -> str:
     return "nothing" if oid is None else str(oid)[:12]
+
+
+class IngestCancelled(CorafsError):
+    """An ingest was stopped (the mount is unmounting); nothing of it is committed."""
+
+    def __init__(self):
+        super().__init__("ingest cancelled")

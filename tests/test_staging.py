@@ -304,8 +304,14 @@ def test_recovery_commits_closed_files_and_keeps_open_ones(repo):
     st.rename(main, "d", main, "e")
     st.journal.close()                                      # the daemon dies here
     st2 = Staging(repo, os.path.join(repo.path, "staging"))
-    report = st2.recover()
+    v2 = MountView(repo, st2)
+    report = st2.recover()                                  # staged again, as it was
+    m2 = v2.lookup(ROOT_INODE, "main")
+    assert sorted(n for n, _ in v2.listdir(v2.lookup(m2.inode, "e").inode)) == \
+        ["closed.bin", "durable.bin"], report
+    st2.commit_all()                                        # ingested and committed
     assert paths(repo) == ["e/", "e/closed.bin", "e/durable.bin"], report
+    assert repo.log("main")[0].message.startswith("Recover after an unclean unmount")
     lost = os.path.join(repo.path, "staging", "lost+found", "main")
     assert open(os.path.join(lost, "open.bin"), "rb").read() == b"partial"
     assert open(os.path.join(lost, "unsynced.bin"), "rb").read() == b"u"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 from ..daemon import MountOptions, mount, umount
 from ..errors import CorafsError
@@ -28,6 +29,13 @@ def add(cmd) -> None:
     sp.add_argument("--commit-delay", type=float, default=1.0,
                     help="seconds of quiet before staged writes become a commit (default 1)")
     sp.add_argument("--author", help="author of the mount's commits (default: repository's)")
+    sp.add_argument("--allow-other", action="store_true",
+                    help="let other users read the mount (permissions are checked by the kernel)")
+    sp.add_argument("--max-file-size", default="256G",
+                    help="largest file accepted in a branch (default 256G; EFBIG beyond)")
+    sp.add_argument("--unmount-timeout", type=float, default=30.0,
+                    help="seconds unmount may spend storing closed files; the rest stays "
+                         "staged for the next mount (default 30)")
     sp.add_argument("--debug", action="store_true")
 
     sp = cmd("umount", cmd_umount, "unmount (fusermount3 -u works too)")
@@ -40,14 +48,22 @@ def add(cmd) -> None:
 def cmd_mount(a):
     opts = MountOptions(foreground=a.foreground, cache_size=parse_size(a.cache_size),
                         read_ahead_kb=a.read_ahead_kb, debug=a.debug, log_file=a.log,
-                        commit_delay=a.commit_delay, author=a.author)
+                        commit_delay=a.commit_delay, author=a.author,
+                        allow_other=a.allow_other, max_file_size=parse_size(a.max_file_size),
+                        unmount_timeout=a.unmount_timeout)
     mount(a.repo, a.mountpoint, opts)
     if not a.foreground:
         print(f"mounted {a.repo} at {a.mountpoint}")
 
 
 def cmd_umount(a):
-    umount(a.mountpoint)
+    left = umount(a.mountpoint)
+    if left:
+        print(f"unmounted {a.mountpoint}, but {len(left)} change(s) are not committed; the next "
+              "mount retries them (`corafs status` shows them):", file=sys.stderr)
+        for line in left:
+            print(f"  {line}", file=sys.stderr)
+        return 1
 
 
 def cmd_status(a):

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import codecs, formats
-from ..errors import CorafsError
+from ..errors import CorafsError, IngestCancelled
 from ..codecs.lossy import LOSSY_DTYPES
 from . import simindex
 from .objects import data_id, tensor_hasher
@@ -54,6 +54,8 @@ class Ingestor:
         self._lock = threading.Lock()
         #: (dtype, nbytes, fingerprint, tensor id) of every tensor ingested, for the index
         self.fingerprints: list[tuple[str, int, int, str]] = []
+        #: a threading.Event that stops the ingest (IngestCancelled) when set
+        self.cancel = None
         #: tensors of the parent commit by name (set by the caller; lazily computed)
         self.parent_tensors: Callable[[], dict] = lambda: {}
 
@@ -64,6 +66,10 @@ class Ingestor:
             return self.ingest(f, name, size, ref)
 
     def ingest(self, f, name: str, size: int, ref: Optional[dict]) -> IngestResult:
+        self._check_cancel()
+        return self._ingest_any(f, name, size, ref)
+
+    def _ingest_any(self, f, name: str, size: int, ref: Optional[dict]) -> IngestResult:
         """``ref``: the previous version's file manifest (for delta references), or None.
         A checkpoint whose layout cannot be stored as parsed is stored opaque instead, with
         the reason: one file must never fail a commit for what its bytes are."""
@@ -125,10 +131,27 @@ class Ingestor:
         return IngestResult(entry, manifest, layout.reason, self._new_bytes)
 
     # -- skeleton / opaque bytes --------------------------------------------------------------
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise IngestCancelled()
+
     def _skeleton(self, f, n: int, sha, skel: "_Skeleton", extents) -> None:
         while n > 0:
+            self._check_cancel()
             room = skel.size - len(skel.buf)
             take = min(n, room)
+            if not skel.buf and take == skel.size and _is_hole(f, take):
+                # a hole (sparse file): never read, stored once as a zero chunk
+                f.seek(take, os.SEEK_CUR)
+                zeros = _zeros(take)
+                sha.update(zeros)
+                oid = _zero_id(take)
+                extents.append([take, len(skel.ids), 0])
+                skel.ids.append(oid)
+                self._submit(oid, np.frombuffer(zeros, dtype=np.uint8), _CHUNK_DTYPE, None)
+                n -= take
+                self.on_progress(take)
+                continue
             data = _read_exact(f, take)
             sha.update(data)
             extents.append([take, len(skel.ids), len(skel.buf)])
@@ -154,6 +177,7 @@ class Ingestor:
         blocks = []
         fp = None
         for i, off in enumerate(range(0, span.nbytes, bs)):
+            self._check_cancel()
             n = min(bs, span.nbytes - off)
             buf = np.empty(n, dtype=np.uint8)
             got = f.readinto(memoryview(buf))
@@ -292,6 +316,38 @@ class _Skeleton:
         self.size = size
         self.buf = bytearray()
         self.ids: list[str] = []
+
+
+_ZEROS: dict[int, tuple[bytes, str]] = {}
+
+
+def _zeros(n: int) -> bytes:
+    if n not in _ZEROS:
+        z = bytes(n)
+        _ZEROS[n] = (z, data_id(np.frombuffer(z, dtype=np.uint8)))
+    return _ZEROS[n][0]
+
+
+def _zero_id(n: int) -> str:
+    _zeros(n)
+    return _ZEROS[n][1]
+
+
+def _is_hole(f, n: int) -> bool:
+    """Whether the next ``n`` bytes of ``f`` are a hole (SEEK_DATA finds no data in them)."""
+    try:
+        fd = f.fileno()
+        pos = f.tell()
+    except (AttributeError, OSError, ValueError):
+        return False
+    try:
+        nxt = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        import errno
+        nxt = None if e.errno == errno.ENXIO else pos      # ENXIO: only a hole to the end
+    finally:
+        os.lseek(fd, pos, os.SEEK_SET)
+    return nxt is None or nxt >= pos + n
 
 
 def _read_exact(f, n: int) -> bytes:

@@ -451,7 +451,8 @@ class Repository:
         return CommitResult(cid, results, retries)
 
     def ingest(self, src: str, dest: str, branch: str,
-               on_progress: Optional[Callable[[int], None]] = None) -> IngestResult:
+               on_progress: Optional[Callable[[int], None]] = None,
+               cancel=None) -> IngestResult:
         """Ingest one local file as the next version of ``dest`` on ``branch`` (its previous
         version there is the delta reference). Objects are durable on return; nothing is
         committed: pass ``result.entry`` to ``commit_changes``."""
@@ -460,6 +461,7 @@ class Repository:
         w = self.store.writer()
         try:
             ing = Ingestor(self, w, self.pool, on_progress)
+            ing.cancel = cancel
             ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
             res = ing.ingest_path(src, os.path.basename(dest),
                                   self._previous_manifest(head_tree, dest))

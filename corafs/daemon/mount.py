@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -32,6 +33,12 @@ class MountOptions:
     refresh_interval: float = 1.0
     debug: bool = False
     log_file: Optional[str] = None
+    #: seconds unmount may spend storing closed files; what is left stays staged (journaled)
+    #: and the next mount commits it
+    unmount_timeout: float = 30.0
+    max_file_size: int = 256 << 30
+    #: let other users read the mount (FUSE allow_other + default_permissions)
+    allow_other: bool = False
 
 
 def check_mountpoint(mountpoint: str) -> str:
@@ -179,14 +186,26 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         for path, n in repo.store.clean_temporaries():   # what a killed writer left
             log.info("removed %s (%d bytes) left by an interrupted write", path, n)
     staging = Staging(repo, os.path.join(repo.path, "staging"), opts.commit_delay, opts.author)
+    staging.max_file_size = opts.max_file_size
+    view = MountView(repo, staging)
     for line in staging.recover():
         log.warning("recovery: %s", line)
-    ops = Operations(MountView(repo, staging))
+    ops = Operations(view)
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts |= {"fsname=corafs", "subtype=corafs"}
+    if opts.allow_other:
+        fuse_opts |= {"allow_other", "default_permissions"}
     if opts.debug:
         fuse_opts.add("debug")
-    pyfuse3.init(ops, mp, fuse_opts)
+    try:
+        pyfuse3.init(ops, mp, fuse_opts)
+    except RuntimeError as e:
+        hint = ""
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            hint = ": /dev/fuse is not readable and writable by this user"
+        elif opts.allow_other and os.getuid() != 0:
+            hint = ": --allow-other needs 'user_allow_other' in /etc/fuse.conf"
+        raise CorafsError(f"cannot mount {mp} ({e}){hint}") from None
     clean = False
     try:
         trio.run(_main, ops, mp, opts, ready_fd)
@@ -194,8 +213,13 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     finally:
         pyfuse3.close(unmount=clean)
         if clean:                  # unmount commits at once; a crash leaves the journal
+            staging.stop = threading.Event()
+            timer = threading.Timer(opts.unmount_timeout, staging.stop.set)
+            timer.daemon = True
+            timer.start()
             for cid in staging.commit_all():
                 log.info("committed %s at unmount", cid[:12])
+            timer.cancel()
             for line in status_lines(repo.path):
                 log.warning("left staged at unmount: %s", line)
         staging.close()
@@ -214,6 +238,9 @@ async def _main(ops, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> No
         nursery.start_soon(_ready, mp, opts, ready_fd)
         nursery.start_soon(_committer, ops)
         await pyfuse3.main()
+        # background ingests stop now (their threads are abandoned, not waited for); the
+        # unmount commit that follows has its own, bounded, time
+        ops.staging.stop.set()
         nursery.cancel_scope.cancel()
 
 
@@ -270,11 +297,12 @@ async def _committer(ops) -> None:
     while True:
         await trio.sleep(0.1)
         try:
+            # cancellable: at unmount the task leaves the thread (which stops on its own)
             for node in staging.to_ingest():   # closed files, wherever they are now
-                await trio.to_thread.run_sync(staging.ingest, node)
+                await trio.to_thread.run_sync(staging.ingest, node, cancellable=True)
             due = staging.due()
             for branch in due:
-                await trio.to_thread.run_sync(staging.commit, branch)
+                await trio.to_thread.run_sync(staging.commit, branch, cancellable=True)
             if due:
                 await ops.apply_refresh()
         except Exception:
@@ -282,7 +310,9 @@ async def _committer(ops) -> None:
             await trio.sleep(1.0)
 
 
-def umount(mountpoint: str, timeout: float = 60.0) -> None:
+def umount(mountpoint: str, timeout: float = 90.0) -> list[str]:
+    """Unmount and wait for the daemon to finish committing. Returns what stays staged (files
+    that could not be stored, or were not stored within the unmount timeout)."""
     mp = os.path.abspath(mountpoint)
     if not os.path.ismount(mp):
         raise CorafsError(f"{mp} is not mounted")
@@ -290,6 +320,10 @@ def umount(mountpoint: str, timeout: float = 60.0) -> None:
         pid = int(os.getxattr(mp, "user.corafs.pid"))
     except (OSError, ValueError):
         pid = None
+    try:
+        repo = os.fsdecode(os.getxattr(mp, "user.corafs.repo"))
+    except OSError:
+        repo = None
     p = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
     if p.returncode != 0:
         raise CorafsError(f"cannot unmount {mp}: {p.stderr.strip() or p.stdout.strip()}")
@@ -302,3 +336,8 @@ def umount(mountpoint: str, timeout: float = 60.0) -> None:
         except OSError:
             break
         time.sleep(0.05)
+    if repo is None:
+        return []
+    from ..view.staging import status_lines
+    return [line for line in status_lines(repo) if not line.startswith("unsaved")
+            and "nothing" not in line]

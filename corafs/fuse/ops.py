@@ -206,6 +206,8 @@ class Operations(pyfuse3.Operations):
     async def _getxattr(self, inode, name):
         if inode == pyfuse3.ROOT_INODE and name == b"user.corafs.pid":
             return str(os.getpid()).encode()     # lets `corafs umount` wait for the daemon
+        if inode == pyfuse3.ROOT_INODE and name == b"user.corafs.repo":
+            return os.fsencode(self.repo.path)   # lets `corafs umount` report what is left
         if inode == pyfuse3.ROOT_INODE and name == b"user.corafs.stats":
             d, c = self.repo.decoder, self.repo.cache
             return (f"reads={self.reads} read_bytes={self.read_bytes} "
@@ -319,6 +321,8 @@ class Operations(pyfuse3.Operations):
         # inline: a pwrite of at most max_write bytes into the page cache is cheaper than a
         # thread hand-off
         w = self.writers[fh]
+        if off + len(buf) > self.staging.max_file_size:
+            raise pyfuse3.FUSEError(errno.EFBIG)
         n = os.pwrite(w.fd, buf, off)
         w.node.mtime_ns = time.time_ns()
         w.staged.synced = None

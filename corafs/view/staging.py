@@ -24,7 +24,7 @@ from typing import Optional
 
 from ..core import tree as treemod
 from ..core.repository import describe_changes
-from ..errors import CorafsError, NotFound
+from ..errors import CorafsError, IngestCancelled, NotFound
 from . import live
 from .journal import Journal, read_rows
 from .live import (CLOSED, DURABLE, EMPTY_TREE, FAILED, INGESTED, OPEN, Forest, LiveNode,
@@ -62,6 +62,11 @@ class Staging:
         self._commit_locks: dict[str, threading.Lock] = {}
         self.forest = Forest(repo, self._alloc_unbound, self._detached, self._committed)
         self._on_detach = lambda n: None
+        self.recovered: set[str] = set()             # branches whose next commit recovers
+        #: set at unmount: ingests in progress stop (the files stay staged in the journal)
+        self.stop = threading.Event()
+        #: largest file size accepted (EFBIG beyond): storing a file hashes all of it
+        self.max_file_size = 256 << 30
 
     def bind(self, alloc, on_detach) -> None:
         """The inode table of the view that shows these trees."""
@@ -319,9 +324,15 @@ class Staging:
                 return True
             return False
 
+    def check_size(self, size: int) -> None:
+        if size > self.max_file_size:
+            raise _err(errno.EFBIG, f"files are limited to {self.max_file_size} bytes "
+                                    "(--max-file-size)")
+
     def truncate(self, n: LiveNode, size: int, fd: Optional[int] = None) -> None:
         if not self.writable or not isinstance(n, LiveNode):
             raise _err(errno.EROFS)
+        self.check_size(size)
         if n.kind != "file":
             raise _err(errno.EISDIR)
         if fd is not None:
@@ -389,6 +400,7 @@ class Staging:
             if path is None:
                 return
             gen, branch, state = s.gen, n.branch, s.state
+            stop = self.stop
         try:
             if state == CLOSED:
                 _fsync_path(s.spool)
@@ -398,7 +410,9 @@ class Staging:
                         return
                     s.state = DURABLE
                     self._record_node(n, durable=True)
-            res = self.repo.ingest(s.spool, path, branch)
+            res = self.repo.ingest(s.spool, path, branch, cancel=stop)
+        except IngestCancelled:
+            return                                # unmounting: stays staged (durable)
         except Exception as e:  # one file must never stop the repository
             log.error("%s:%s could not be stored, it stays staged: %s: %s", branch, path,
                       type(e).__name__, e)
@@ -458,6 +472,8 @@ class Staging:
                 raise
             with self.lock:
                 bt.committing = False
+                if cid:
+                    self.recovered.discard(branch)
                 if self.forest.trees.get(branch) is bt:
                     self.forest.reconcile(branch, t0, new)
                     self._rewrite(branch)
@@ -475,6 +491,8 @@ class Staging:
             t0 = treemod.apply(self.repo, w, base_tree, changes)
             if message is None:
                 message = describe_changes(self.repo, base_tree, changes)
+                if branch in self.recovered:
+                    message = f"Recover after an unclean unmount: {message}"
         except BaseException:
             w.abort()
             raise
@@ -564,7 +582,7 @@ class Staging:
                         self._keep(r, branch, path, lost)
                 report.append(f"recovery of branch {branch} failed ({e}); its staged changes "
                               f"are kept in {dest}")
-            self.journal.replace(branch, None, {})
+                self.journal.replace(branch, None, {})
         self.remove_orphan_spools()
         if report:
             with open(os.path.join(self.root, "recovered.log"), "a") as f:
@@ -584,8 +602,12 @@ class Staging:
         return dest
 
     def _recover_branch(self, branch: str, base: str, rows: dict, lost: str) -> list[str]:
+        """Rebuild the branch's live tree from its journal rows: what was closed and durable is
+        staged again (the committer ingests and commits it as usual, in the background), what
+        was still open goes to lost+found; a branch moved meanwhile is merged as usual."""
         report = []
-        if branch not in self.repo.branches():
+        branches = self.repo.branches()
+        if branch not in branches:
             for path, r in rows.items():
                 if r.get("op") == "staged":
                     dest = self._keep(r, branch, path, lost)
@@ -594,45 +616,82 @@ class Staging:
                 report.append(f"branch {branch} no longer exists: {len(rows)} staged change(s) "
                               "not committed")
             return report
-        changes = {}
-        for path, r in sorted(rows.items()):
-            if r.get("op") != "staged":
-                changes[path] = rows_to_changes({path: r})[path]
-                report.append(f"{branch}:{path} recovered ({r.get('op')})")
-                continue
-            state, spool = r.get("state"), r.get("spool")
-            if r.get("synced") and state not in (DURABLE, FAILED):
-                changes[path] = _with_attrs(r["synced"], r)
-                dest = self._keep(r, branch, path, lost)
-                report.append(f"{branch}:{path} recovered as of its last fsync; what was "
-                              f"written after it is kept as {dest}")
-                continue
-            if state in (DURABLE, FAILED) and spool and os.path.exists(spool):
-                try:
-                    res = self.repo.ingest(spool, path, branch)
-                except Exception as e:
-                    dest = self._keep(r, branch, path, lost)
-                    report.append(f"{branch}:{path} could not be stored ({type(e).__name__}: "
-                                  f"{e}); kept as {dest}")
-                    continue
-                changes[path] = _with_attrs(res.entry, r)
-                report.append(f"{branch}:{path} recovered (written and closed)")
-                continue
-            dest = self._keep(r, branch, path, lost)
-            if dest:
-                report.append(f"{branch}:{path} was still being written: kept as {dest}")
-            else:
-                report.append(f"{branch}:{path} was still being written and has no data")
-        if changes:
-            try:
-                base_ok = bool(base) and self.repo.store.has(base)
-            except CorafsError:
-                base_ok = False
-            self.repo.commit_changes(branch, changes,
-                                     f"Recover {len(changes)} staged change(s) after an "
-                                     "unclean unmount", self.author,
-                                     expected=base if base_ok else None)
+        head = branches[branch]
+        try:
+            start = base if base and self.repo.store.has(base) else head
+            self.repo.commit_obj(start)
+        except CorafsError:
+            start = head
+        try:
+            with self.lock:
+                self.forest.trees.pop(branch, None)
+                self.forest.tree(branch, start)
+                for path, r in sorted(rows.items()):
+                    report += self._replay(branch, path, r, lost)
+                if start != head:
+                    self.forest.reconcile(branch, self.repo.commit_obj(start).tree, head)
+                self.recovered.add(branch)
+                self.dirty.add(branch)
+                self._rewrite(branch)
+                self.changed[branch] = 0.0
+        except Exception:
+            with self.lock:
+                self.forest.drop_branch(branch)
+                self.recovered.discard(branch)
+            raise
         return report
+
+    def _replay(self, branch: str, path: str, r: dict, lost: str) -> list[str]:
+        parts = path.split("/")
+        d = self.forest.tree(branch).root
+        for part in parts[:-1]:
+            c = self.forest.child(d, part)
+            if c is None or c.kind != "dir":
+                if c is not None:
+                    self.forest.detach(d, part)
+                c = LiveNode(self.forest.alloc(), "dir", branch, d, part)
+                c.children, c.base, c.origin = {}, {}, EMPTY_TREE
+                self.forest.attach(d, part, c)
+            d = c
+        name, op = parts[-1], r.get("op")
+        what = f"{branch}:{path}"
+        if op == "staged":
+            state, spool = r.get("state"), r.get("spool")
+            synced = r.get("synced")
+            if state in (DURABLE, FAILED) and spool and os.path.exists(spool):
+                n = self._replace_node(d, name, "file")
+                n.perm = r.get("mode") or live.DEFAULT_FILE_PERM
+                n.mtime_ns = r.get("mtime_ns")
+                self._set_staged(n, Staged(spool, DURABLE, 0, self._next_gen()))
+                return [f"{what} recovered (written and closed; committed shortly)"]
+            dest = self._keep(r, branch, path, lost)
+            if synced:
+                n = self._replace_node(d, name, "file")
+                n.entry = {k: v for k, v in synced.items() if k not in ("mode", "mtime_ns")}
+                n.perm = r.get("mode") or live.DEFAULT_FILE_PERM
+                n.mtime_ns = r.get("mtime_ns")
+                return [f"{what} recovered as of its last fsync; what was written after it "
+                        f"is kept as {dest}"]
+            if dest:
+                return [f"{what} was still being written: kept as {dest}"]
+            return [f"{what} was still being written and has no data"]
+        if op == "delete":
+            self.forest.detach(d, name)
+        elif op == "mkdir":
+            n = self._replace_node(d, name, "dir")
+            n.children, n.base, n.origin = {}, {}, EMPTY_TREE
+        elif op == "entry":
+            self.forest.detach(d, name)
+            self.forest.attach(d, name, live.node_from_entry(
+                self.forest.alloc(), branch, d, name, r["entry"], d.default_mtime))
+        return [f"{what} recovered ({op})"]
+
+    def _replace_node(self, d: LiveNode, name: str, kind: str) -> LiveNode:
+        self.forest.detach(d, name)
+        n = LiveNode(self.forest.alloc(), kind, d.branch, d, name)
+        n.commit, n.default_mtime = d.commit, d.default_mtime
+        self.forest.attach(d, name, n)
+        return n
 
     def remove_orphan_spools(self, keep: set[str] = frozenset()) -> list[str]:
         """Spool files no journal row refers to are leftovers of an interrupted write."""

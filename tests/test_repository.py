@@ -62,15 +62,19 @@ def test_revisions(repo, work):
         repo.resolve("main~10")
     with pytest.raises(NotFound):
         repo.resolve("nope")
-    # an ambiguous prefix: find two commit ids sharing a first hex digit... use 1-char prefixes
-    # via the API directly (the CLI requires 4+); force with a synthetic check instead
-    firsts = {}
-    for c in ids:
-        firsts.setdefault(c[:4], []).append(c)
-    for pre, cs in firsts.items():
-        if len(cs) > 1:
-            with pytest.raises(AmbiguousRevision):
-                repo.resolve(pre)
+    # an ambiguous prefix: commit (cheaply: a symlink entry) until two commit ids share their
+    # first 4 hex digits (about 320 commits by the birthday bound), then resolve that prefix
+    seen: dict[str, str] = {}
+    for i in range(5000):
+        cid, _ = repo.commit_changes("main", {"x": {"kind": "link", "target": str(i)}}, f"c{i}")
+        if cid[:4] in seen:
+            break
+        seen[cid[:4]] = cid
+    else:
+        pytest.fail("no two commit ids shared a 4-digit prefix")
+    with pytest.raises(AmbiguousRevision):
+        repo.resolve(cid[:4])
+    assert repo.resolve(cid[:16]) == cid
 
 
 def test_branch_names_validated(repo):

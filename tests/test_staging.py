@@ -264,17 +264,17 @@ def test_external_commit_merges_with_staged_work(mv, repo, work):
 def test_a_file_that_cannot_be_stored_does_not_stop_the_rest(mv, repo, monkeypatch):
     v, st = mv
     main = v.lookup(ROOT_INODE, "main")
-    real = repo.ingest
+    from corafs.core.ingest import Ingestor
+    real = Ingestor.ingest_path
 
-    def ingest(src, dest, branch, *a, **k):
-        if dest == "bad.bin":
+    def ingest_path(self, src, name, ref):
+        if name == "bad.bin":
             raise RuntimeError("simulated failure")
-        return real(src, dest, branch, *a, **k)
-    monkeypatch.setattr(repo, "ingest", ingest)
+        return real(self, src, name, ref)
+    monkeypatch.setattr(Ingestor, "ingest_path", ingest_path)
     write(st, main, "bad.bin", b"bad")
     write(st, main, "good.bin", b"good")
-    for n in st.to_ingest():
-        st.ingest(n)
+    st.ingest_ready()                                       # one batch, one failure
     assert st.due(now=1e12) == ["main"]                     # the failed file does not block
     st.commit("main")
     assert paths(repo) == ["good.bin"]

@@ -81,11 +81,7 @@ class Ingestor:
         except (OSError, MemoryError, CorafsError):
             raise
         except Exception as e:
-            try:
-                self._drain()
-            except Exception:
-                pass
-            self._inflight.clear()
+            self.abandon()
             reason = f"parsed as {layout.format} but not storable that way " \
                      f"({type(e).__name__}: {e})"[:500]
             return self._ingest(f, size, None, formats.Layout("opaque", size, reason=reason))
@@ -131,6 +127,17 @@ class Ingestor:
         return IngestResult(entry, manifest, layout.reason, self._new_bytes)
 
     # -- skeleton / opaque bytes --------------------------------------------------------------
+    def abandon(self) -> None:
+        """After a file failed midway: wait for its encodes, forget what they were for."""
+        while self._inflight:
+            fut = self._inflight.popleft()
+            try:
+                fut.result()
+            except Exception:
+                pass
+        self._submitted = {k: f for k, f in self._submitted.items()
+                           if f.done() and f.exception() is None}
+
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise IngestCancelled()

@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from .. import codecs
 from ..config import DEFAULT, Tuning
-from ..errors import (AmbiguousRevision, CorafsError, NotARepository, NotFound,
-                      RefConflict, RefExists, RepositoryExists)
+from ..errors import (AmbiguousRevision, CorafsError, IngestCancelled, NotARepository,
+                      NotFound, RefConflict, RefExists, RepositoryExists)
 from ..store import LocalStore, ObjectStore
 from . import revparse, tree
 from .ingest import Ingestor, IngestResult
@@ -471,6 +471,36 @@ class Repository:
             raise
         self.simindex.add(ing.fingerprints)
         return res
+
+    def ingest_many(self, items: list[tuple[str, str]], branch: str, cancel=None) -> list:
+        """Ingest several local files (``(src, dest)``) as next versions on ``branch`` into one
+        pack, durable on return. Returns, per item, its IngestResult or the exception that
+        stopped that file alone (the others are stored anyway). Nothing is committed."""
+        head_tree = self.commit_obj(self.head(branch)).tree
+        w = self.store.writer()
+        out: list = []
+        try:
+            ing = Ingestor(self, w, self.pool)
+            ing.cancel = cancel
+            ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
+            for src, dest in items:
+                mark = len(ing.fingerprints)
+                try:
+                    tree.split_path(dest)
+                    out.append(ing.ingest_path(src, os.path.basename(dest),
+                                               self._previous_manifest(head_tree, dest)))
+                except IngestCancelled:
+                    raise
+                except Exception as e:  # this file only
+                    ing.abandon()
+                    del ing.fingerprints[mark:]
+                    out.append(e)
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+        self.simindex.add(ing.fingerprints)
+        return out
 
     def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,
                        author: Optional[str] = None, expected: Optional[str] = None,

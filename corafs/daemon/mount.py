@@ -298,8 +298,8 @@ async def _committer(ops) -> None:
         await trio.sleep(0.1)
         try:
             # cancellable: at unmount the task leaves the thread (which stops on its own)
-            for node in staging.to_ingest():   # closed files, wherever they are now
-                await trio.to_thread.run_sync(staging.ingest, node, cancellable=True)
+            if staging.to_ingest():            # closed files, wherever they are now
+                await trio.to_thread.run_sync(staging.ingest_ready, cancellable=True)
             due = staging.due()
             for branch in due:
                 await trio.to_thread.run_sync(staging.commit, branch, cancellable=True)

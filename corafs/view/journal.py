@@ -52,9 +52,10 @@ class Journal:
                 cur = self.db.cursor()
                 cur.execute("BEGIN IMMEDIATE")
                 cur.execute("INSERT OR REPLACE INTO base VALUES (?, ?)", (branch, base))
-                for p in clear:
-                    cur.execute("DELETE FROM rows WHERE branch = ? AND (path = ? OR "
-                                "(path >= ? AND path < ?))", (branch, p, p + "/", p + "0"))
+                for p in clear:   # two statements: an OR here would scan the whole table
+                    cur.execute("DELETE FROM rows WHERE branch = ? AND path = ?", (branch, p))
+                    cur.execute("DELETE FROM rows WHERE branch = ? AND path >= ? AND path < ?",
+                                (branch, p + "/", p + "0"))
                 cur.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)",
                                 [(branch, p, json.dumps(r)) for p, r in rows.items()])
                 cur.execute("COMMIT")

@@ -32,6 +32,10 @@ from .live import (CLOSED, DURABLE, EMPTY_TREE, FAILED, INGESTED, OPEN, Forest, 
 
 log = logging.getLogger("corafs.staging")
 
+#: files smaller than this are stored together, up to BATCH_FILES at a time
+BATCH_FILE_LIMIT = 64 << 20
+BATCH_FILES = 512
+
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
@@ -365,7 +369,9 @@ class Staging:
                 n.perm = mode & 0o7777
             if mtime_ns is not None and n.kind != "dir":
                 n.mtime_ns = mtime_ns
-            if n.kind != "dir" or mode is not None:
+            if n.staged is not None and n.staged.writers:
+                self.changed[n.branch] = time.monotonic()   # its release journals it
+            elif n.kind != "dir" or mode is not None:
                 self._record_node(n)
 
     def sync_file(self, n: LiveNode, s: Staged) -> None:
@@ -390,46 +396,82 @@ class Staging:
                     if n.staged.state in (CLOSED, DURABLE) and n.staged.writers == 0]
 
     def ingest(self, n: LiveNode) -> None:
-        """Make a closed file durable, then store it (in a worker thread). Any failure leaves
-        it staged as FAILED with the reason; a change meanwhile makes the result moot."""
+        """Store one closed file now (see ``ingest_ready``)."""
+        self._ingest_batch(n.branch, [n])
+
+    def ingest_ready(self, branch: Optional[str] = None) -> None:
+        """Make every closed file durable and store it (in a worker thread). Small files of a
+        branch go together: one syncfs, one pack, one journal transaction for all of them, so
+        the cost of a file does not grow with how many are staged (git clone, tar -x). A large
+        file goes alone, so that a cancelled unmount loses no one else's work."""
+        by_branch: dict[str, list[LiveNode]] = {}
+        for n in self.to_ingest():
+            if branch is None or n.branch == branch:
+                by_branch.setdefault(n.branch, []).append(n)
+        for b, nodes in by_branch.items():
+            small = [n for n in nodes if n.size < BATCH_FILE_LIMIT]
+            for i in range(0, len(small), BATCH_FILES):
+                self._ingest_batch(b, small[i:i + BATCH_FILES])
+            for n in nodes:
+                if n.size >= BATCH_FILE_LIMIT:
+                    self._ingest_batch(b, [n])
+
+    def _ingest_batch(self, branch: str, nodes: list[LiveNode]) -> None:
+        """Durable, then stored. Any failure leaves a file staged as FAILED with the reason; a
+        change to a file meanwhile makes its result moot; a cancel leaves them durable."""
         with self.lock:
-            s = n.staged
-            if s is None or s.state not in (CLOSED, DURABLE) or s.writers:
-                return
-            path = self.forest.path(n)
-            if path is None:
-                return
-            gen, branch, state = s.gen, n.branch, s.state
+            items = []
+            for n in nodes:
+                s = n.staged
+                if s is None or s.state not in (CLOSED, DURABLE) or s.writers:
+                    continue
+                path = self.forest.path(n)
+                if path is not None and n.branch == branch:
+                    items.append((n, s, s.gen, path))
             stop = self.stop
-        try:
-            if state == CLOSED:
-                _fsync_path(s.spool)
-                _fsync_path(self.spool_dir)
-                with self.lock:
-                    if s.gen != gen or n.staged is not s:
-                        return
-                    s.state = DURABLE
-                    self._record_node(n, durable=True)
-            res = self.repo.ingest(s.spool, path, branch, cancel=stop)
-        except IngestCancelled:
-            return                                # unmounting: stays staged (durable)
-        except Exception as e:  # one file must never stop the repository
-            log.error("%s:%s could not be stored, it stays staged: %s: %s", branch, path,
-                      type(e).__name__, e)
-            with self.lock:
-                if s.gen == gen and n.staged is s:
-                    s.state = FAILED
-                    s.reason = f"{type(e).__name__}: {e}"
-                    self._record_node(n)
+        if not items:
             return
-        if res.reason:
-            log.warning("%s:%s stored as an opaque file (%s)", branch, path, res.reason)
+        try:
+            closed = [x for x in items if x[1].state == CLOSED]
+            if closed:
+                _sync_files([s.spool for _n, s, _g, _p in closed], self.spool_dir)
+                with self.lock:
+                    pairs = []
+                    for n, s, gen, _p in closed:
+                        if s.gen == gen and n.staged is s and s.state == CLOSED:
+                            s.state = DURABLE
+                            pairs.append((n.parent, n.name))
+                    if pairs:
+                        self._record(branch, pairs, durable=True)
+            results = self.repo.ingest_many([(s.spool, p) for _n, s, _g, p in items], branch,
+                                            cancel=stop)
+        except IngestCancelled:
+            return                                # unmounting: they stay staged (durable)
+        except Exception as e:  # e.g. the branch was deleted: every file keeps its data
+            results = [e] * len(items)
         with self.lock:
-            if s.gen == gen and n.staged is s and s.state == DURABLE:
-                s.state = INGESTED
-                s.entry = res.entry
-                s.reason = res.reason
-                self._record_node(n, durable=True)
+            pairs = []
+            for (n, s, gen, path), res in zip(items, results):
+                if s.gen != gen or n.staged is not s:
+                    continue
+                if isinstance(res, BaseException):
+                    log.error("%s:%s could not be stored, it stays staged: %s: %s", branch, path,
+                              type(res).__name__, res)
+                    s.state = FAILED
+                    s.reason = f"{type(res).__name__}: {res}"
+                elif s.state == DURABLE:
+                    if res.reason:
+                        log.warning("%s:%s stored as an opaque file (%s)", branch, path,
+                                    res.reason)
+                    s.state = INGESTED
+                    s.entry = res.entry
+                    s.reason = res.reason
+                else:
+                    continue
+                if n.parent is not None and self.forest.attached(n):
+                    pairs.append((n.parent, n.name))
+            if pairs:
+                self._record(branch, pairs, durable=True)
 
     # -- committing ------------------------------------------------------------------------------------
     def due(self, now: Optional[float] = None) -> list[str]:
@@ -452,9 +494,7 @@ class Staging:
         """Commit everything committable on ``branch`` (closed files are ingested first);
         files still open or failed stay staged."""
         with self._commit_lock(branch):
-            for n in self.to_ingest():
-                if n.branch == branch:
-                    self.ingest(n)
+            self.ingest_ready(branch)
             with self.lock:
                 bt = self.forest.trees.get(branch)
                 if bt is None:
@@ -729,6 +769,25 @@ def _unlink(path: Optional[str]) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def _sync_files(paths: list[str], directory: str) -> None:
+    """Make files and their directory entries durable: one syncfs of the file system when
+    there are several (one fsync each costs as much as the whole syncfs), else fsyncs."""
+    if len(paths) > 2:
+        try:
+            import ctypes
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                if ctypes.CDLL("libc.so.6", use_errno=True).syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        except (OSError, AttributeError):
+            pass
+    for p in paths:
+        _fsync_path(p)
+    _fsync_path(directory)
 
 
 def _fsync_path(path: str) -> None:

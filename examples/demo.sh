@@ -53,7 +53,10 @@ PY
   say "write through the mount: mkdir makes a branch, cp makes a commit"
   mkdir "$OUT/mnt/finetune"
   cp "$OUT/run/ckpt-00100/model.safetensors" "$OUT/mnt/finetune/model.safetensors"
-  sleep 2
+  for _ in $(seq 100); do    # until the copy is committed (corafs status: nothing staged)
+    corafs status "$OUT/repo" | grep -q "nothing staged" && break
+    sleep 0.2
+  done
   corafs log "$OUT/repo" finetune --oneline | head -3
   corafs umount "$OUT/mnt"
   trap - EXIT

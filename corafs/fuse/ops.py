@@ -292,7 +292,8 @@ class Operations(pyfuse3.Operations):
             return
         try:
             os.close(w.fd)
-            self.staging.release(w.node, w.staged)   # the committer ingests closed files
+            # a journal transaction: not on the trio thread
+            await self._meta(self.staging.release, w.node, w.staged)
         except Exception:  # release must not fail: the file stays staged
             log.exception("release of a written file failed; it stays staged")
         self.on_change()
@@ -356,7 +357,7 @@ class Operations(pyfuse3.Operations):
         file stays open and staged); on any other, whatever is ready on the branch."""
         w = self.writers.get(fh)
         if w is not None:
-            os.fsync(w.fd)
+            await self._meta(os.fsync, w.fd)
             await self._meta(self.staging.sync_file, w.node, w.staged)
             node = w.node
         else:

@@ -17,7 +17,7 @@ from corafs import Repository
 from corafs.store.local import WriterToken, temporaries, writer_alive
 from mountutil import corafs, needs_fuse, wait_for
 
-TRIALS = 12          # per writer kind: 24 kills inside pack writing in all
+TRIALS = 20          # per writer kind
 
 
 def _model(path, seed):

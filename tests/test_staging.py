@@ -333,3 +333,19 @@ def test_journal_rows_follow_every_change(mv, repo):
     assert set(st.journal.load()["main"][1]) == {"e"}
     st.commit("main")
     assert st.journal.load() == {}
+
+
+def test_an_unreadable_journal_never_stops_a_mount(repo):
+    root = os.path.join(repo.path, "staging")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "journal.db"), "wb") as f:
+        f.write(b"this is not a database" * 100)
+    st = Staging(repo, root)
+    v = MountView(repo, st)
+    report = st.recover()
+    assert any("could not be read" in line for line in report), report
+    main = v.lookup(ROOT_INODE, "main")
+    write(st, main, "after.bin", b"ok")                  # and the mount works
+    st.commit("main")
+    assert committed(repo, "after.bin") == b"ok"
+    st.close()

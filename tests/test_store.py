@@ -1,4 +1,5 @@
 """Conformance tests every object store runs (local HDF5 packs now; S3 subclasses this)."""
+import os
 import threading
 
 import pytest
@@ -93,3 +94,38 @@ class TestLocalStore(StoreConformance):
         for p in glob.glob(str(tmp_path / "store" / "objects" / "*.idx")):
             os.unlink(p)
         assert bytes(LocalStore(str(tmp_path / "store")).get("ac" * 16)) == b"data"
+
+
+def test_an_evicted_pack_handle_is_not_closed_under_a_reader(tmp_path):
+    """With room for one open pack, threads reading objects of many packs keep evicting each
+    other's handles; a handle must stay open until its last read ends."""
+    import threading
+    from corafs.config import Tuning
+    from corafs.store import LocalStore
+    t = Tuning(open_packs=1)
+    store = LocalStore.create(str(tmp_path / "s"), t)
+    want = {}
+    for i in range(8):                                   # 8 packs of one object each
+        data = os.urandom(1 << 16)
+        oid = f"{i:032x}"
+        with store.writer() as w:
+            w.put(oid, data)
+        want[oid] = data
+    errors = []
+
+    def reader(seed):
+        import random
+        rng = random.Random(seed)
+        try:
+            for _ in range(300):
+                oid = rng.choice(list(want))
+                assert bytes(store.get(oid)) == want[oid]
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    store.close()

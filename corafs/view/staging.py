@@ -55,10 +55,11 @@ class Staging:
         self.writable = root is not None
         self.journal: Optional[Journal] = None
         self.spool_dir = None
+        self._notes: list[str] = []                  # for recover()'s report
         if root is not None:
             self.spool_dir = os.path.join(root, "spool")
             os.makedirs(self.spool_dir, exist_ok=True)
-            self.journal = Journal(os.path.join(root, "journal.db"))
+            self.journal = self._open_journal(os.path.join(root, "journal.db"))
         self.changed: dict[str, float] = {}          # branch -> time of its last change
         self.dirty: set[str] = set()                 # branches with uncommitted changes
         self.staged: set[LiveNode] = set()           # nodes holding a Staged
@@ -71,6 +72,23 @@ class Staging:
         self.stop = threading.Event()
         #: largest file size accepted (EFBIG beyond): storing a file hashes all of it
         self.max_file_size = 256 << 30
+
+    def _open_journal(self, path: str) -> Journal:
+        """Open the journal; one that cannot be opened is kept aside, never a reason not to
+        mount."""
+        try:
+            j = Journal(path)
+            j.load()
+            return j
+        except Exception as e:
+            lost = os.path.join(self.root, "lost+found")
+            os.makedirs(lost, exist_ok=True)
+            dest = os.path.join(lost, f"journal-{int(time.time())}.db")
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    shutil.move(path + suffix, dest + suffix)
+            self._notes.append(f"the staging journal could not be read ({e}); kept as {dest}")
+            return Journal(path)
 
     def bind(self, alloc, on_detach) -> None:
         """The inode table of the view that shows these trees."""
@@ -591,7 +609,8 @@ class Staging:
         a mount always starts."""
         if self.journal is None:
             return []
-        report: list[str] = []
+        report: list[str] = list(self._notes)
+        self._notes = []
         lost = os.path.join(self.root, "lost+found")
         legacy = os.path.join(self.root, "journal.json")
         if os.path.exists(legacy):

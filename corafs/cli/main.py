@@ -93,11 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("spec", metavar="REV[:PATH]")
     sp.add_argument("dest")
 
-    sp = cmd("branch", cmd_branch, "list, create or delete branches")
+    sp = cmd("branch", cmd_branch, "list, create, reset, delete or undelete branches")
     sp.add_argument("repo")
     sp.add_argument("name", nargs="?")
     sp.add_argument("rev", nargs="?")
     sp.add_argument("-d", "--delete", metavar="NAME")
+    sp.add_argument("-f", "--force", action="store_true",
+                    help="move NAME to REV even if it exists (a reset; the reflog keeps the old)")
+    sp.add_argument("--undelete", action="store_true",
+                    help="recreate NAME where it pointed when it was deleted (from the reflog)")
+
+    sp = cmd("reflog", cmd_reflog, "every move of a branch (or tag): commits, resets, "
+                                   "deletions, with time, author and command")
+    sp.add_argument("repo")
+    sp.add_argument("ref", nargs="?", help="branch (default: the default branch) or tags/NAME")
+    sp.add_argument("-n", "--max-count", type=int)
 
     sp = cmd("tag", cmd_tag, "list, create or delete tags")
     sp.add_argument("repo")
@@ -322,8 +332,20 @@ def cmd_export(a):
 def cmd_branch(a):
     with open_repo(a.repo) as repo:
         if a.delete:
+            old = repo.head(a.delete)
             repo.delete_branch(a.delete)
-            print(f"deleted branch {a.delete}")
+            print(f"deleted branch {a.delete} (was {old[:12]}; "
+                  f"`corafs branch {a.repo} {a.delete} --undelete` brings it back)")
+        elif a.name and a.undelete:
+            cid = repo.undelete_branch(a.name)
+            print(f"restored branch {a.name} at {cid[:12]}")
+        elif a.name and a.force:
+            if not a.rev:
+                raise CorafsError("--force needs a revision to move the branch to")
+            old = repo.store.get_ref(f"heads/{a.name}")
+            cid = repo.reset_branch(a.name, a.rev)
+            print(f"branch {a.name} moved to {cid[:12]}"
+                  + (f" (was {old[:12]})" if old else " (created)"))
         elif a.name:
             cid = repo.create_branch(a.name, a.rev)
             print(f"created branch {a.name} at {cid[:12]}")
@@ -331,6 +353,20 @@ def cmd_branch(a):
             for name, cid in sorted(repo.branches().items()):
                 mark = "*" if name == repo.default_branch else " "
                 print(f"{mark} {name:<24} {cid[:12]} {repo.commit_obj(cid).message}")
+
+
+def cmd_reflog(a):
+    with open_repo(a.repo) as repo:
+        ref = a.ref or repo.default_branch
+        name = ref if "/" in ref else f"heads/{ref}"
+        entries = repo.reflog(name)
+        if not entries:
+            raise CorafsError(f"no reflog for {ref}")
+        short = name.split("/", 1)[1]
+        for i, e in enumerate(entries[:a.max_count] if a.max_count else entries):
+            new = (e.get("new") or "0" * 12)[:12]
+            print(f"{new} {short}@{{{i}}}: {e.get('action')}  "
+                  f"({fmt.when(e.get('time_ns', 0))}, {e.get('author')}; {e.get('command')})")
 
 
 def cmd_tag(a):

@@ -11,6 +11,7 @@ import dataclasses
 import getpass
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -106,7 +107,7 @@ class Repository:
         with repo.store.writer() as w:
             tid = repo.put_meta(w, tree.empty_tree())
             cid = repo._put_commit(w, tid, [], "Initialize repository", repo.default_author())
-        repo.store.cas_ref(f"heads/{default_branch}", None, cid)
+        repo._move_ref(f"heads/{default_branch}", None, cid, "init")
         return repo
 
     def close(self) -> None:
@@ -222,7 +223,8 @@ class Repository:
         revparse.check_ref_name(name)
         cid = self.resolve(rev or self.default_branch)
         try:
-            self.store.cas_ref(f"heads/{name}", None, cid)
+            self._move_ref(f"heads/{name}", None, cid,
+                           f"branch: created from {rev or self.default_branch}")
         except RefConflict:
             raise RefExists(f"branch {name}") from None
         return cid
@@ -231,7 +233,83 @@ class Repository:
         if name == self.default_branch:
             raise CorafsError(f"cannot delete the default branch {name}")
         cid = self.head(name)
-        self.store.cas_ref(f"heads/{name}", cid, None)
+        self._move_ref(f"heads/{name}", cid, None, "branch: deleted")
+
+    def reset_branch(self, name: str, rev: str) -> str:
+        """Move branch ``name`` to ``rev`` whatever it points at now (creating it if needed):
+        `corafs branch REPO NAME REV --force`. The old head stays in the reflog."""
+        revparse.check_ref_name(name)
+        cid = self.resolve(rev)
+        for _ in range(20):
+            cur = self.store.get_ref(f"heads/{name}")
+            try:
+                self._move_ref(f"heads/{name}", cur, cid, f"reset: moving to {rev}")
+                return cid
+            except RefConflict:
+                continue
+        raise RefConflict(f"heads/{name}", None, self.store.get_ref(f"heads/{name}"))
+
+    def undelete_branch(self, name: str) -> str:
+        """Recreate a deleted branch at the commit it pointed to when it was deleted."""
+        for e in self.reflog(f"heads/{name}"):
+            if e["new"] is None and e["old"]:
+                try:
+                    self._move_ref(f"heads/{name}", None, e["old"], "branch: undeleted")
+                except RefConflict:
+                    raise RefExists(f"branch {name}") from None
+                return e["old"]
+        raise NotFound("deleted branch in the reflog", name)
+
+    # -- reflog ---------------------------------------------------------------------------------
+    def _move_ref(self, ref: str, expected: Optional[str], new: Optional[str], action: str,
+                  author: Optional[str] = None) -> None:
+        """The one way refs move: compare-and-swap, then a reflog line."""
+        self.store.cas_ref(ref, expected, new)
+        import sys
+        command = " ".join(["corafs" if sys.argv and sys.argv[0].endswith(("corafs",
+                                                                              "__main__.py"))
+                            else os.path.basename(sys.argv[0] if sys.argv else "python")]
+                           + sys.argv[1:])[:300]
+        line = json.dumps({"old": expected, "new": new, "time_ns": time.time_ns(),
+                           "author": author or self.default_author(), "action": action[:300],
+                           "command": command, "pid": os.getpid()}, sort_keys=True)
+        try:
+            self.store.append_reflog(ref, line)
+        except OSError:
+            pass        # the move happened; a reflog line lost to a full disk is not damage
+
+    def reflog(self, ref: str) -> list[dict]:
+        """Moves of ``ref`` ("heads/main", "tags/v1"; a bare name means a branch), newest
+        first: old, new, time_ns, author, action, command."""
+        if "/" not in ref:
+            ref = f"heads/{ref}"
+        out = []
+        for ln in self.store.read_reflog(ref):
+            try:
+                out.append(json.loads(ln))
+            except ValueError:
+                continue
+        out.reverse()
+        return out
+
+    def reflog_roots(self, now_ns: Optional[int] = None) -> set[str]:
+        """Commits that reflog entries younger than ``reflog_expire_days`` (corafs.json,
+        default 90) keep alive: garbage collection must not remove them."""
+        days = float(self.config.get("reflog_expire_days", 90))
+        cutoff = (now_ns or time.time_ns()) - int(days * 86400e9)
+        out: set[str] = set()
+        for ref in self.store.reflog_refs():
+            for ln in self.store.read_reflog(ref):
+                try:
+                    e = json.loads(ln)
+                except ValueError:
+                    continue
+                if e.get("time_ns", 0) >= cutoff:
+                    for k in ("old", "new"):
+                        oid = e.get(k)
+                        if oid:
+                            out.add(self._peel(oid) if ref.startswith("tags/") else oid)
+        return out
 
     def create_tag(self, name: str, rev: Optional[str] = None, message: str = "") -> str:
         revparse.check_ref_name(name, "tag")
@@ -241,7 +319,7 @@ class Repository:
                                     "message": message, "tagger": self.default_author(),
                                     "time_ns": time.time_ns()})
         try:
-            self.store.cas_ref(f"tags/{name}", None, oid)
+            self._move_ref(f"tags/{name}", None, oid, f"tag: {rev or self.default_branch}")
         except RefConflict:
             raise RefExists(f"tag {name}") from None
         return cid
@@ -250,7 +328,7 @@ class Repository:
         oid = self.store.get_ref(f"tags/{name}")
         if oid is None:
             raise NotFound("tag", name)
-        self.store.cas_ref(f"tags/{name}", oid, None)
+        self._move_ref(f"tags/{name}", oid, None, "tag: deleted")
 
     # -- commits and revisions ------------------------------------------------------------------
     def commit_obj(self, cid: str) -> Commit:
@@ -280,7 +358,18 @@ class Repository:
         return seen
 
     def resolve(self, rev: str) -> str:
-        """A revision string to a full commit id."""
+        """A revision string to a full commit id (``main~2``, ``v1^``, ``main@{1}``: where
+        main pointed one move ago, from the reflog)."""
+        m = re.match(r"^(.+?)@\{(\d+)\}(.*)$", rev)
+        if m:
+            name, n, rest = m.group(1), int(m.group(2)), m.group(3)
+            entries = self.reflog(name if "/" in name else f"heads/{name}")
+            if n >= len(entries) or not entries[n].get("new"):
+                raise NotFound("revision", rev)
+            base_cid = entries[n]["new"]
+            if name.startswith("tags/"):
+                base_cid = self._peel(base_cid)
+            return self.resolve(base_cid + rest) if rest else base_cid
         base, ops = revparse.split(rev)
         cid = self._resolve_name(base)
         for op, n in ops:
@@ -397,6 +486,22 @@ class Repository:
     def open_file(self, entry_or_id) -> FileReader:
         fid = entry_or_id["id"] if isinstance(entry_or_id, dict) else entry_or_id
         return FileReader(self.decoder, self.get_meta(fid))
+
+    def open(self, spec: str):
+        """``REV:PATH`` as a seekable read-only binary file object (decodes what is read)."""
+        from .fileobj import open_file
+        return open_file(self, spec)
+
+    def load_tensors(self, spec: str, names=None, framework: str = "numpy") -> dict:
+        """Chosen tensors of a stored checkpoint, decoding only their blocks."""
+        from .fileobj import load_tensors
+        return load_tensors(self, spec, names, framework)
+
+    def save_state_dict(self, branch: str, name: str, state_dict, message: Optional[str] = None,
+                        author: Optional[str] = None) -> "CommitResult":
+        """Commit a torch state dict as ``name`` (``.safetensors`` or torch.save format)."""
+        from .savestate import save_state_dict
+        return save_state_dict(self, branch, name, state_dict, message, author)
 
     def read_file(self, spec: str) -> bytes:
         _, path, e = self.resolve_path(spec)
@@ -521,7 +626,8 @@ class Repository:
                 cid = self._put_commit(w, new_tree, [head], message,
                                        author or self.default_author(), lossy)
             try:
-                self.store.cas_ref(f"heads/{branch}", head, cid)
+                self._move_ref(f"heads/{branch}", head, cid,
+                               f"commit: {message.splitlines()[0] if message else ''}", author)
                 return cid, attempt
             except RefConflict as e:
                 if e.actual is None:

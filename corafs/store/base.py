@@ -82,5 +82,15 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list_refs(self, prefix: str = "") -> dict[str, str]: ...
 
+    def append_reflog(self, ref: str, line: str) -> None:
+        """Record one move of ``ref`` (a JSON line); stores without a reflog ignore it."""
+
+    def read_reflog(self, ref: str) -> list[str]:
+        """The recorded moves of ``ref``, oldest first."""
+        return []
+
+    def reflog_refs(self) -> list[str]:
+        return []
+
     def close(self) -> None:
         pass

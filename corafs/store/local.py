@@ -554,6 +554,35 @@ class LocalStore(ObjectStore):
             finally:
                 fcntl.flock(lk.fileno(), fcntl.LOCK_UN)
 
+    # -- reflog: REPO/reflog/<ref>, one JSON line per move, appended ----------------------------
+    def append_reflog(self, ref: str, line: str) -> None:
+        path = os.path.join(self.root, "reflog", *self._ref_path(ref)[len(self.refdir) + 1:]
+                            .split(os.sep))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, (line.rstrip("\n") + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_reflog(self, ref: str) -> list[str]:
+        path = os.path.join(self.root, "reflog", *self._ref_path(ref)[len(self.refdir) + 1:]
+                            .split(os.sep))
+        try:
+            with open(path) as f:
+                return [ln for ln in f.read().splitlines() if ln.strip()]
+        except FileNotFoundError:
+            return []
+
+    def reflog_refs(self) -> list[str]:
+        base = os.path.join(self.root, "reflog")
+        out = []
+        for dirpath, _d, files in os.walk(base):
+            for fn in files:
+                out.append(os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/"))
+        return sorted(out)
+
     def list_refs(self, prefix: str = "") -> dict[str, str]:
         out = {}
         base = self.refdir

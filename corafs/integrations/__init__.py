@@ -1,0 +1,84 @@
+"""Committing from training code, through the Python API (no mount, no FUSE needed).
+
+* ``TrainerCallback`` for ``transformers.Trainer``: every checkpoint the Trainer saves becomes a
+  commit on a branch (message: step and the metrics logged since the last save); with
+  ``load_best_model_at_end`` the best checkpoint's commit is tagged.
+* ``Repository.save_state_dict(branch, name, state_dict)`` for hand-written loops.
+
+transformers and torch are imported only here, and only when used.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from ..core import Repository
+
+try:                                         # the callback base class, when transformers is here
+    from transformers import TrainerCallback as _Base
+except ImportError:                          # pragma: no cover - exercised without transformers
+    _Base = object
+
+
+class TrainerCallback(_Base):
+    """``Trainer(..., callbacks=[corafs.integrations.TrainerCallback("./repo", branch="run1")])``
+
+    Each saved ``checkpoint-N`` directory is committed to ``branch`` (created from the default
+    branch if missing) with its contents at the branch root, so the head is always the latest
+    checkpoint and ``@history`` / ``main~k`` hold the earlier ones, delta-encoded against each
+    other. ``best_tag``: the tag moved to the best checkpoint's commit at the end of training
+    when the Trainer tracks one (``load_best_model_at_end``)."""
+
+    def __init__(self, repo, branch: str = "main", best_tag: Optional[str] = None,
+                 author: Optional[str] = None):
+        self.repo = repo if isinstance(repo, Repository) else Repository(repo)
+        self.branch = branch
+        self.best_tag = best_tag or f"{branch}-best"
+        self.author = author
+        self.commits: dict[str, str] = {}        # checkpoint directory -> commit id
+        self._last_logged = 0
+        if branch not in self.repo.branches():
+            self.repo.create_branch(branch)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not getattr(state, "is_world_process_zero", True):
+            return control
+        ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(ckpt):
+            return control
+        files = {}
+        for dirpath, _dirs, names in os.walk(ckpt):
+            for n in sorted(names):
+                full = os.path.join(dirpath, n)
+                files[os.path.relpath(full, ckpt).replace(os.sep, "/")] = full
+        metrics = self._metrics(state)
+        msg = f"step {state.global_step}" + (f": {metrics}" if metrics else "")
+        res = self.repo.commit(self.branch, files, message=msg, author=self.author)
+        self.commits[os.path.abspath(ckpt)] = res.commit or self.repo.head(self.branch)
+        return control
+
+    def _metrics(self, state) -> str:
+        """The metrics logged since the last commit, latest value of each."""
+        latest: dict = {}
+        for entry in state.log_history[self._last_logged:]:
+            for k, v in entry.items():
+                if k in ("step", "epoch") or not isinstance(v, (int, float)):
+                    continue
+                latest[k] = v
+        self._last_logged = len(state.log_history)
+        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in sorted(latest.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        best = getattr(state, "best_model_checkpoint", None)
+        if best and getattr(state, "is_world_process_zero", True):
+            cid = self.commits.get(os.path.abspath(best))
+            if cid:
+                if self.best_tag in self.repo.tags():
+                    self.repo.delete_tag(self.best_tag)
+                self.repo.create_tag(self.best_tag, cid,
+                                     message=f"best checkpoint ({os.path.basename(best)})")
+        return control
+
+
+__all__ = ["TrainerCallback"]

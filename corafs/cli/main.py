@@ -103,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--undelete", action="store_true",
                     help="recreate NAME where it pointed when it was deleted (from the reflog)")
 
+    sp = cmd("merge", cmd_merge, "three-way merge of a revision into a branch, per file and "
+                                 "per tensor (weight averaging)")
+    sp.add_argument("repo")
+    sp.add_argument("source", metavar="SOURCE", help="branch, tag or revision to merge")
+    sp.add_argument("--into", metavar="BRANCH", help="branch to merge into (default branch)")
+    sp.add_argument("--strategy", default="fail",
+                    choices=["ours", "theirs", "fail", "average", "weighted"],
+                    help="for tensors changed on both sides (default: fail, listing them)")
+    sp.add_argument("--alpha", type=float, default=0.5,
+                    help="weighted: alpha*ours + (1-alpha)*theirs (default 0.5)")
+    sp.add_argument("-m", "--message")
+    sp.add_argument("--author")
+
     sp = cmd("reflog", cmd_reflog, "every move of a branch (or tag): commits, resets, "
                                    "deletions, with time, author and command")
     sp.add_argument("repo")
@@ -353,6 +366,23 @@ def cmd_branch(a):
             for name, cid in sorted(repo.branches().items()):
                 mark = "*" if name == repo.default_branch else " "
                 print(f"{mark} {name:<24} {cid[:12]} {repo.commit_obj(cid).message}")
+
+
+def cmd_merge(a):
+    with open_repo(a.repo) as repo:
+        into = a.into or repo.default_branch
+        res = repo.merge(a.source, into, a.strategy, a.alpha, a.message, a.author)
+        if res.up_to_date:
+            print(f"{into} already contains {a.source}")
+        elif res.fast_forward:
+            print(f"fast-forward {into} to {res.commit[:12]}")
+        else:
+            c = repo.commit_obj(res.commit)
+            print(f"[{into} {c.id[:12]}] {c.message}")
+            for where, how in sorted(res.tensors.items()):
+                print(f"  {how:<12} {where}")
+            print(f" {len(res.files)} checkpoint(s) merged per tensor, "
+                  f"{len(res.tensors)} tensor(s) combined")
 
 
 def cmd_reflog(a):

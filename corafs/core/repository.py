@@ -449,16 +449,21 @@ class Repository:
     def is_ancestor(self, a: str, b: str) -> bool:
         return a in self.ancestors(b)
 
-    def merge_base(self, a: str, b: str) -> Optional[str]:
+    def merge_bases(self, a: str, b: str) -> list[str]:
+        """Every best common ancestor (more than one after criss-cross merges), newest
+        first."""
         ca, cb = self.resolve(a), self.resolve(b)
         common = self.ancestors(ca) & self.ancestors(cb)
-        if not common:
-            return None
         best = set(common)
         for c in common:
             for p in self.commit_obj(c).parents:
                 best -= self.ancestors(p)
-        return max(best, key=lambda c: self.commit_obj(c).time_ns)
+        return sorted(best, key=lambda c: (self.commit_obj(c).time_ns, c), reverse=True)
+
+    def merge_base(self, a: str, b: str) -> Optional[str]:
+        """The newest best common ancestor (see ``merge_bases``)."""
+        bases = self.merge_bases(a, b)
+        return bases[0] if bases else None
 
     # -- trees and files ------------------------------------------------------------------------
     def entry(self, cid: str, path: str = "") -> dict:
@@ -497,6 +502,13 @@ class Repository:
         from .fileobj import load_tensors
         return load_tensors(self, spec, names, framework)
 
+    def merge(self, source: str, into: Optional[str] = None, strategy: str = "fail",
+              alpha: float = 0.5, message: Optional[str] = None,
+              author: Optional[str] = None):
+        """Three-way merge of ``source`` into branch ``into`` (see ``corafs.core.merge``)."""
+        from .merge import merge
+        return merge(self, source, into, strategy, alpha, message, author)
+
     def save_state_dict(self, branch: str, name: str, state_dict, message: Optional[str] = None,
                         author: Optional[str] = None) -> "CommitResult":
         """Commit a torch state dict as ``name`` (``.safetensors`` or torch.save format)."""
@@ -516,7 +528,8 @@ class Repository:
                message: Optional[str] = None, author: Optional[str] = None,
                lossy: Optional[str] = None, parent: Optional[str] = None,
                on_progress: Optional[Callable[[int], None]] = None,
-               entries: Optional[dict[str, dict]] = None) -> CommitResult:
+               entries: Optional[dict[str, dict]] = None,
+               merge_parents: tuple = ()) -> CommitResult:
         """Commit local files (``dest path -> local path``), deletions and new directories to
         ``branch``. Returns the new commit (None when nothing changed)."""
         files = dict(files or {})
@@ -548,7 +561,8 @@ class Repository:
             used_lossy = any(r.manifest.get("lossy") for _, r in results)
             # the first attempt writes its tree and commit into the same pack as the data
             cid, retries = self.commit_changes(branch, changes, message, author, head,
-                                               lossy=used_lossy, writer=w)
+                                               lossy=used_lossy, writer=w,
+                                               merge_parents=merge_parents)
         except BaseException:
             w.abort()
             raise
@@ -610,7 +624,7 @@ class Repository:
     def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,
                        author: Optional[str] = None, expected: Optional[str] = None,
                        lossy: bool = False, retries: int = 20,
-                       writer=None) -> tuple[Optional[str], int]:
+                       writer=None, merge_parents: tuple = ()) -> tuple[Optional[str], int]:
         """Apply a change set on top of the branch head and move the ref by compare-and-swap,
         re-applying onto a new head if another writer got there first. ``writer``: an open
         batch (holding the files' data) that the first attempt completes and commits."""
@@ -621,13 +635,14 @@ class Repository:
             w, writer = (writer or self.store.writer()), None
             with w:
                 new_tree = tree.apply(self, w, base_tree, changes)
-                if new_tree == base_tree:
+                if new_tree == base_tree and not merge_parents:
                     return None, attempt
-                cid = self._put_commit(w, new_tree, [head], message,
+                cid = self._put_commit(w, new_tree, [head, *merge_parents], message,
                                        author or self.default_author(), lossy)
             try:
+                kind = "merge" if merge_parents else "commit"
                 self._move_ref(f"heads/{branch}", head, cid,
-                               f"commit: {message.splitlines()[0] if message else ''}", author)
+                               f"{kind}: {message.splitlines()[0] if message else ''}", author)
                 return cid, attempt
             except RefConflict as e:
                 if e.actual is None:

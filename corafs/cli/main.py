@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name, func, help):
         sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=func, command_name=name)
         return sp
 
     sp = cmd("init", cmd_init, "create a repository")
@@ -137,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("stats", cmd_stats, "storage accounting")
     sp.add_argument("repo")
+
+    for name, helptext in (("gc", "delete what no branch, tag, recent reflog entry or staged "
+                                   "change reaches, and repack"),
+                           ("repack", "consolidate packs and drop duplicate encodings")):
+        sp = cmd(name, cmd_gc, helptext)
+        sp.add_argument("repo")
+        sp.add_argument("-n", "--dry-run", action="store_true", help="report, change nothing")
+        sp.add_argument("--grace", type=float, default=900.0,
+                        help="seconds: packs younger than this are left alone and all they "
+                             "hold is kept (a commit in progress; default 900)")
+        if name == "gc":
+            sp.add_argument("--expire-reflog", metavar="DAYS", default=None,
+                            help="reflog entries older than this keep nothing alive "
+                                 "('now' frees a deleted branch at once; default: "
+                                 "reflog_expire_days of corafs.json, 90)")
 
     sp = cmd("fsck", cmd_fsck, "verify every object and every file's sha256")
     sp.add_argument("repo")
@@ -366,6 +381,21 @@ def cmd_branch(a):
             for name, cid in sorted(repo.branches().items()):
                 mark = "*" if name == repo.default_branch else " "
                 print(f"{mark} {name:<24} {cid[:12]} {repo.commit_obj(cid).message}")
+
+
+def cmd_gc(a):
+    collect = a.command_name == "gc"
+    expire = None
+    if collect and a.expire_reflog is not None:
+        expire = 0.0 if a.expire_reflog == "now" else float(a.expire_reflog) * 86400.0
+    with open_repo(a.repo) as repo:
+        with progress(0, a.command_name) as upd:
+            rep = repo.repack(collect, a.grace, a.dry_run, expire, upd)
+        verb = "would free" if rep.dry_run else "freed"
+        print(f"{rep.packs_rewritten} pack(s) rewritten, {rep.objects_dropped} object(s) "
+              f"dropped; {verb} {fmt.size(max(0, rep.bytes_before - rep.bytes_after))} "
+              f"({fmt.size(rep.bytes_before)} -> {fmt.size(rep.bytes_after)}); "
+              f"packs {rep.packs_before} -> {rep.packs_after}")
 
 
 def cmd_merge(a):

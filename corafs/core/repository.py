@@ -633,12 +633,17 @@ class Repository:
         for attempt in range(retries + 1):
             base_tree = self.commit_obj(head).tree
             w, writer = (writer or self.store.writer()), None
-            with w:
-                new_tree = tree.apply(self, w, base_tree, changes)
-                if new_tree == base_tree and not merge_parents:
-                    return None, attempt
-                cid = self._put_commit(w, new_tree, [head, *merge_parents], message,
-                                       author or self.default_author(), lossy)
+            w.hold = True           # until the ref moved: a gc must not take what it uses
+            try:
+                with w:
+                    new_tree = tree.apply(self, w, base_tree, changes)
+                    if new_tree == base_tree and not merge_parents:
+                        return None, attempt
+                    cid = self._put_commit(w, new_tree, [head, *merge_parents], message,
+                                           author or self.default_author(), lossy)
+            except BaseException:
+                w.release()
+                raise
             try:
                 kind = "merge" if merge_parents else "commit"
                 self._move_ref(f"heads/{branch}", head, cid,
@@ -648,12 +653,26 @@ class Repository:
                 if e.actual is None:
                     raise NotFound("branch", branch) from None
                 head = e.actual
+            finally:
+                w.release()
         raise RefConflict(f"heads/{branch}", head, self.store.get_ref(f"heads/{branch}"))
 
     # -- inspection -------------------------------------------------------------------------------
     def fsck(self, on_progress=None, repair: bool = False):
         from .fsck import fsck
         return fsck(self, on_progress, repair)
+
+    def repack(self, collect: bool = False, grace: float = 900.0, dry_run: bool = False,
+               expire_reflog: Optional[float] = None, on_progress=None):
+        """Rewrite packs: consolidate, drop duplicates and (``collect``) unreachable objects."""
+        from .gc import repack
+        return repack(self, collect, grace, dry_run, expire_reflog, on_progress)
+
+    def gc(self, grace: float = 900.0, dry_run: bool = False,
+           expire_reflog: Optional[float] = None, on_progress=None):
+        """``repack(collect=True)``: what no branch, tag, young reflog entry or staged change
+        reaches is deleted and its space returned."""
+        return self.repack(True, grace, dry_run, expire_reflog, on_progress)
 
     def diff(self, rev1: str, rev2: str, tensors: bool = True):
         from .diff import diff

@@ -249,13 +249,23 @@ class _Pack:
             self.fd = -1
 
 
+class _PackGone(Exception):
+    """A pack in the index no longer exists (a gc removed it after copying what was live)."""
+
+
 class _LocalWriter(ObjectWriter):
-    def __init__(self, store: "LocalStore"):
+    """One batch. From its creation until it is sealed it holds the repository's gc lock
+    shared, so a gc never deletes a pack whose objects this batch may have deduplicated
+    against; at creation it reloads the index if a gc ran since (``has`` must not answer from
+    a stale index)."""
+
+    def __init__(self, store: "LocalStore", gc_lock: bool = True):
         self.store = store
         self.pack: Optional[_PackWriter] = None
         self.ids: set[str] = set()
         self.done = False
         self._lock = threading.Lock()      # this batch only: never blocks readers
+        self._gc_fd: Optional[int] = store._gc_shared() if gc_lock else None
 
     def has(self, oid: str) -> bool:
         return oid in self.ids
@@ -284,17 +294,38 @@ class _LocalWriter(ObjectWriter):
     def commit(self) -> None:
         if self.done:
             return
-        with self._lock:
-            if self.pack is not None:
-                self._seal()
-        self.done = True
+        try:
+            with self._lock:
+                if self.pack is not None:
+                    self._seal()
+        finally:
+            self.done = True
+            if not self.hold:
+                self._unlock()
+
+    def release(self) -> None:
+        self._unlock()
 
     def abort(self) -> None:
-        with self._lock:
-            if self.pack is not None:
-                self.pack.abort()
-                self.pack = None
-        self.done = True
+        try:
+            with self._lock:
+                if self.pack is not None:
+                    self.pack.abort()
+                    self.pack = None
+        finally:
+            self.done = True
+            self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._gc_fd = self._gc_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self._unlock()
+        except Exception:
+            pass
 
 
 class LocalStore(ObjectStore):
@@ -309,9 +340,104 @@ class LocalStore(ObjectStore):
         self._where: dict[str, tuple[int, int]] = {}
         self._handles: "collections.OrderedDict[str, _Pack]" = collections.OrderedDict()
         self._token: Optional[WriterToken] = None
+        self._tables: dict[str, np.ndarray] = {}     # pack -> its object table
         os.makedirs(self.objdir, exist_ok=True)
         os.makedirs(self.refdir, exist_ok=True)
+        self._generation = self._read_generation()
         self._scan()
+
+    # -- gc coordination ------------------------------------------------------------------------
+    def _gc_lock_path(self) -> str:
+        return os.path.join(self.objdir, "gc.lock")
+
+    def _read_generation(self) -> int:
+        try:
+            with open(os.path.join(self.objdir, "gc-generation")) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _gc_shared(self) -> int:
+        """Hold the gc lock shared (a batch in progress); reload the index if a gc ran."""
+        fd = os.open(self._gc_lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        gen = self._read_generation()
+        if gen != self._generation:
+            self.rescan()
+            self._generation = gen
+        return fd
+
+    def gc_exclusive(self):
+        """Context manager: no batch is in progress in any process while it is held."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            fd = os.open(self._gc_lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+        return held()
+
+    def bump_generation(self) -> None:
+        gen = self._read_generation() + 1
+        atomic_write(os.path.join(self.objdir, "gc-generation"), f"{gen}\n".encode(),
+                     self.token())
+        self._generation = gen
+
+    def rescan(self) -> None:
+        """Forget the index and load it again (packs were removed by a gc)."""
+        with self._lock:
+            self._index.clear()
+            self._packs.clear()
+            self._where.clear()
+            self._tables.clear()
+            for name, h in list(self._handles.items()):
+                h.evicted = True
+                if h.users == 0:
+                    h.close()
+            self._handles.clear()
+        self._scan()
+
+    def packs(self) -> dict[str, dict]:
+        """Every pack: path, bytes on disk (.h5 + .idx), mtime and object table."""
+        self._scan()
+        out = {}
+        with self._lock:
+            for name, table in self._tables.items():
+                h5 = os.path.join(self.objdir, name + ".h5")
+                try:
+                    st = os.stat(h5)
+                except FileNotFoundError:
+                    continue
+                idx = os.path.join(self.objdir, name + ".idx")
+                size = st.st_size + (os.path.getsize(idx) if os.path.exists(idx) else 0)
+                out[name] = {"path": h5, "bytes": size, "mtime": st.st_mtime, "table": table}
+        return out
+
+    def location(self, oid: str) -> Optional[tuple[str, int, int]]:
+        return self._index.get(oid)
+
+    def raw_object(self, oid: str) -> bytes:
+        """The stored payload of an object (its encoding, as is)."""
+        return self.get(oid)
+
+    def remove_packs(self, names) -> int:
+        """Delete packs (after their live objects were copied elsewhere). Readers holding a
+        pack open keep reading it; others find it gone and reload the index."""
+        freed = 0
+        for name in names:
+            for ext in (".h5", ".idx"):
+                p = os.path.join(self.objdir, name + ext)
+                try:
+                    freed += os.path.getsize(p)
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        fsync_dir(self.objdir)
+        return freed
 
     def token(self) -> WriterToken:
         """This process's writer token; the first write of a process first removes what dead
@@ -397,6 +523,7 @@ class LocalStore(ObjectStore):
         if len(table) and table["id"][0] == _DATA_ROW:
             self._where[name] = (int(table["off"][0]), int(table["len"][0]))
             table = table[1:]
+        self._tables[name] = table
         ids = table["id"].tolist()
         for oid, off, ln in zip(ids, table["off"].tolist(), table["len"].tolist()):
             self._index.setdefault(oid.decode(), (name, off, ln))
@@ -435,15 +562,23 @@ class LocalStore(ObjectStore):
         return oid in self._index
 
     def get(self, oid: str):
-        pack, off, ln = self._locate(oid)
-        return self._read(oid, pack, off, ln)
+        return self._read_obj(oid, 0, None)
 
     def get_range(self, oid: str, offset: int, length: int):
-        pack, off, ln = self._locate(oid)
-        if offset < 0 or offset > ln:
-            raise ValueError(f"range outside object {oid}")
-        length = min(length, ln - offset)
-        return self._read(oid, pack, off + offset, length)
+        return self._read_obj(oid, offset, length)
+
+    def _read_obj(self, oid: str, rel: int, length: Optional[int]):
+        for attempt in (0, 1):
+            pack, off, ln = self._locate(oid)
+            if rel < 0 or rel > ln:
+                raise ValueError(f"range outside object {oid}")
+            n = ln - rel if length is None else min(length, ln - rel)
+            try:
+                return self._read(oid, pack, off + rel, n)
+            except _PackGone:
+                if attempt:
+                    raise CorruptObject(oid, f"pack {pack} vanished") from None
+                self.rescan()            # a gc moved it: the index learns where
 
     def _read(self, oid, pack, off, ln):
         if ln == 0:
@@ -451,7 +586,10 @@ class LocalStore(ObjectStore):
         h = None
         try:
             with self._lock:
-                h = self._handle(pack)
+                try:
+                    h = self._handle(pack)
+                except FileNotFoundError:        # removed by a gc: the caller relocates
+                    raise _PackGone(pack) from None
                 h.users += 1
             if off + ln > h.length or h.offset + off + ln > h.file_size:
                 raise CorruptObject(oid, f"pack {pack} is truncated")
@@ -459,7 +597,7 @@ class LocalStore(ObjectStore):
             if len(data) != ln:
                 raise CorruptObject(oid, f"short read from pack {pack}")
             return data
-        except CorruptObject:
+        except (CorruptObject, _PackGone):
             raise
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             with self._lock:
@@ -474,8 +612,9 @@ class LocalStore(ObjectStore):
     def size_of(self, oid: str) -> int:
         return self._locate(oid)[2]
 
-    def writer(self) -> ObjectWriter:
-        return _LocalWriter(self)
+    def writer(self, gc_lock: bool = True) -> ObjectWriter:
+        """A batch. ``gc_lock=False`` only for a gc that holds the lock exclusively itself."""
+        return _LocalWriter(self, gc_lock)
 
     def ids(self) -> Iterator[str]:
         self._scan()

@@ -1,0 +1,247 @@
+"""Repack and garbage collection of a local repository.
+
+``repack`` rewrites packs: the objects that are still wanted are copied (as stored, never
+re-encoded) into new packs of a bounded size, and the old packs are deleted, so many
+one-commit packs become a few and the space of what is no longer wanted returns to the file
+system. ``gc`` is a repack that also drops objects nothing reaches.
+
+What is wanted (the *marks*): everything reachable from the branches and tags, from reflog
+entries younger than ``reflog_expire_days`` (``--expire-reflog``), from the mount's staging
+journal (staged changes and the commits they are based on), and everything in packs younger
+than ``grace`` seconds (a commit in progress has written them but not moved its ref yet). A
+delta keeps its base: blocks are followed down their chains.
+
+Safe against, in this order:
+* readers: a pack is deleted only after its wanted objects are durable in a new pack; a reader
+  holding it open reads on (POSIX), one that finds it gone reloads the index and reads the copy;
+* writers: every batch holds ``objects/gc.lock`` shared from its start until it is sealed; the
+  deletion step takes it exclusive, marks again (new young packs are marks), copies what became
+  wanted meanwhile, deletes, and bumps ``objects/gc-generation`` so later batches reload their
+  index before deduplicating against it;
+* kill -9 at any point: before the deletion the old packs are intact (the new ones are extra
+  copies, removed by the next repack as duplicates); temporaries are removed by the next
+  writer; ``fsck`` is clean throughout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Optional
+
+from .. import codecs
+from ..errors import CorafsError
+from .objects import META_MAGIC, decode_meta
+
+
+@dataclasses.dataclass
+class GcReport:
+    packs_before: int = 0
+    packs_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    objects_dropped: int = 0
+    bytes_dropped: int = 0          # payload bytes of the objects dropped
+    packs_rewritten: int = 0
+    dry_run: bool = False
+
+    @property
+    def freed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = False,
+           expire_reflog: Optional[float] = None,
+           on_progress: Optional[Callable[[int], None]] = None) -> GcReport:
+    store = repo.store
+    if not hasattr(store, "packs"):
+        raise CorafsError("repack/gc: this store does not support it yet")
+    progress = on_progress or (lambda n: None)
+    packs = store.packs()
+    rep = GcReport(packs_before=len(packs), bytes_before=sum(p["bytes"] for p in packs.values()),
+                   dry_run=dry_run)
+    marks = _mark(repo, packs, collect, grace, expire_reflog)
+    plan = _plan(repo, packs, marks, grace)
+    rep.objects_dropped = sum(len(d) for _k, d in plan.values())
+    rep.bytes_dropped = sum(n for _k, d in plan.values() for _o, n in d)
+    rep.packs_rewritten = len(plan)
+    if dry_run or not plan:
+        rep.packs_after = rep.packs_before
+        rep.bytes_after = rep.bytes_before - (_estimate(plan) if dry_run else 0)
+        return rep
+    copied = _copy(repo, {p: keep for p, (keep, _d) in plan.items()}, progress)
+    with store.gc_exclusive():
+        # nothing is being written now: what became wanted meanwhile is copied too
+        store.rescan()
+        packs2 = store.packs()
+        # packs written since the plan (sealed batches whose refs moved or not) are marks
+        fresh = [p for name, p in packs2.items() if name not in packs]
+        marks2 = _mark(repo, packs2, collect, grace, expire_reflog, fresh)
+        late = {}
+        for name in plan:
+            if name not in packs2:
+                continue
+            table = packs2[name]["table"]
+            extra = [oid for oid in (x.decode() for x in table["id"].tolist())
+                     if oid in marks2 and oid not in copied]
+            if extra:
+                late[name] = extra
+        if late:
+            copied |= _copy(repo, late, progress, gc_lock=False)
+        store.remove_packs([p for p in plan if p in packs2])
+        store.bump_generation()
+    store.rescan()
+    after = store.packs()
+    rep.packs_after = len(after)
+    rep.bytes_after = sum(p["bytes"] for p in after.values())
+    return rep
+
+
+# -- marking ----------------------------------------------------------------------------------------
+def _mark(repo, packs: dict, collect: bool, grace: float,
+          expire_reflog: Optional[float], fresh=()) -> set[str]:
+    """Object ids wanted. Without ``collect`` every object is wanted (repack only drops
+    duplicates); with it, what the roots reach."""
+    store = repo.store
+    now = time.time()
+    if not collect:
+        return {oid for oid in store.ids()}
+    roots: list[str] = []
+    for _name, cid in store.list_refs("heads/").items():
+        roots.append(cid)
+    for _name, oid in store.list_refs("tags/").items():
+        roots.append(oid)
+    now_ns = time.time_ns()
+    if expire_reflog is None:
+        roots.extend(repo.reflog_roots(now_ns))
+    else:
+        cfg = dict(repo.config)
+        repo.config["reflog_expire_days"] = expire_reflog / 86400.0
+        try:
+            roots.extend(repo.reflog_roots(now_ns))
+        finally:
+            repo.config.clear()
+            repo.config.update(cfg)
+    roots.extend(_journal_roots(repo))
+    for p in list(packs.values()) + list(fresh):   # young packs: a commit in progress
+        if now - p["mtime"] < grace or any(p is f for f in fresh):
+            roots.extend(x.decode() for x in p["table"]["id"].tolist())
+    marks: set[str] = set()
+    stack = [r for r in roots if r]
+    while stack:
+        oid = stack.pop()
+        if oid in marks or not store.has(oid):
+            continue
+        marks.add(oid)
+        stack.extend(_children(repo, oid))
+    return marks
+
+
+def _children(repo, oid: str) -> list[str]:
+    head = bytes(memoryview(repo.store.get_range(oid, 0, 3)))
+    if head == META_MAGIC:
+        try:
+            obj = decode_meta(oid, repo.store.get(oid)) if len(oid) == 64 else \
+                repo.tensor_manifest(oid)
+        except CorafsError:
+            return []
+        t = obj.get("type")
+        if t == "commit":
+            return [obj["tree"], *obj.get("parents", [])]
+        if t == "tag":
+            return [obj["commit"]]
+        if t == "tree":
+            return [e["id"] for e in obj.get("entries", {}).values() if e.get("id")]
+        if t == "file":
+            return list(obj.get("extents", {}).get("obj", [])) + \
+                [x["id"] for x in obj.get("tensors", [])]
+        if t == "tensor":
+            return [b[0] for b in obj.get("blocks", [])]
+        return []
+    if head == codecs.MAGIC:
+        try:
+            return list(repo.block_header(oid).base_ids)
+        except Exception:
+            return []
+    return []
+
+
+def _journal_roots(repo) -> list[str]:
+    """Ids the mount's staging journal refers to (staged changes not committed yet)."""
+    path = os.path.join(repo.path, "staging", "journal.db")
+    if not os.path.exists(path):
+        return []
+    import sqlite3
+    out = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            for (cid,) in db.execute("SELECT commit_id FROM base"):
+                out.append(cid)
+            for (row,) in db.execute("SELECT row FROM rows"):
+                r = json.loads(row)
+                for e in (r.get("entry"), r.get("synced")):
+                    if e and e.get("id"):
+                        out.append(e["id"])
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise CorafsError(f"cannot read the staging journal ({e}): not collecting") from None
+    return out
+
+
+# -- planning and copying ---------------------------------------------------------------------------
+def _plan(repo, packs: dict, marks: set[str], grace: float) -> dict:
+    """pack -> (objects to keep, [(object, bytes) dropped]) for the packs worth rewriting:
+    those holding something not wanted (or a duplicate), and small packs to consolidate."""
+    store = repo.store
+    now = time.time()
+    target = store.tuning.pack_target
+    plan = {}
+    small = []
+    for name, p in packs.items():
+        if now - p["mtime"] < grace:
+            continue
+        table = p["table"]
+        keep, drop = [], []
+        for oid_b, ln in zip(table["id"].tolist(), table["len"].tolist()):
+            oid = oid_b.decode()
+            loc = store.location(oid)
+            if oid in marks and loc is not None and loc[0] == name and oid not in keep:
+                keep.append(oid)
+            else:
+                drop.append((oid, int(ln)))
+        if drop:
+            plan[name] = (keep, drop)
+        elif p["bytes"] < target // 4:
+            small.append((name, keep))
+    if len(small) + len(plan) > 1:                 # consolidate small packs as well
+        for name, keep in small:
+            plan[name] = (keep, [])
+    return plan
+
+
+def _estimate(plan: dict) -> int:
+    return sum(n for _k, d in plan.values() for _o, n in d)
+
+
+def _copy(repo, keep: dict[str, list[str]], progress, gc_lock: bool = True) -> set[str]:
+    """Copy objects as stored into new packs (durable on return)."""
+    store = repo.store
+    done: set[str] = set()
+    w = store.writer(gc_lock=gc_lock)
+    try:
+        for _name, oids in sorted(keep.items()):
+            for oid in oids:
+                if oid in done:
+                    continue
+                payload = store.get(oid)
+                w.put(oid, payload)
+                done.add(oid)
+                progress(len(payload))
+        w.commit()
+    except BaseException:
+        w.abort()
+        raise
+    return done

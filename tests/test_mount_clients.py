@@ -71,24 +71,28 @@ def test_cwd_inside_a_branch_survives_commits_sqlite(fresh):
     repo, mnt = fresh
     with mounted(repo, mnt, "--commit-delay", "0.2") as m:
         os.makedirs(f"{m}/main/run/db")
-        script = (
-            "import os, sqlite3, sys, time\n"
-            "os.chdir(sys.argv[1])\n"
-            "con = sqlite3.connect('metrics.db')\n"
-            "con.execute('create table m (step int, loss real)')\n"
-            "for i in range(20):\n"
-            "    con.execute('insert into m values (?, ?)', (i, 1.0 / (i + 1)))\n"
-            "    con.commit()\n"
-            "    time.sleep(0.05)\n"
-            "    assert os.getcwd() == sys.argv[1], os.getcwd()\n"
-            "print(con.execute('select count(*) from m').fetchone()[0])\n")
-        p = subprocess.run(["python3", "-c", script, f"{m}/main/run/db"], capture_output=True,
-                           text=True, timeout=120)
-        assert p.returncode == 0 and p.stdout.strip() == "20", p.stderr
-        _wait_committed(repo)
-        con = sqlite3.connect(f"{m}/main/run/db/metrics.db")
-        assert con.execute("select count(*) from m").fetchone()[0] == 20
-        con.close()
+        here = os.getcwd()
+        os.chdir(f"{m}/main/run/db")                    # a process whose cwd is in the branch
+        try:
+            for round_ in range(3):
+                head = _head(repo)
+                con = sqlite3.connect("metrics.db")      # relative: needs a valid cwd
+                con.execute("create table if not exists m (step int, loss real)")
+                for i in range(10):
+                    con.execute("insert into m values (?, ?)", (round_ * 10 + i, 1.0 / (i + 1)))
+                con.commit()
+                con.close()
+                assert wait_for(lambda: _head(repo) != head and _settled(repo), timeout=20)
+                assert os.getcwd() == f"{m}/main/run/db"    # still valid after the commit
+                assert os.path.exists("metrics.db")
+            con = sqlite3.connect("metrics.db")
+            assert con.execute("select count(*) from m").fetchone()[0] == 30
+            con.close()
+        finally:
+            os.chdir(here)
+        assert wait_for(lambda: _settled(repo), timeout=20)
+    with Repository(repo) as r:
+        assert len(r.log("main")) >= 4                  # the rounds were separate commits
 
 
 def test_dd_notrunc_and_replace_are_read_back_at_once(fresh):

@@ -1,0 +1,83 @@
+"""Cold torch.load through the mount against local disk, in one run (issue 9, item 4).
+
+A ~512 MB state dict (.pth) is committed twice (a fine-tune: the head is stored as deltas);
+then, after drop_caches and on a fresh mount each time: torch.load of the head and of the first
+version through the mount, and of the same bytes from local disk. Prints times and ratios.
+
+  python benchmarks/bench_torch_load.py [--mib 512] [--mmap]
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def corafs(*args):
+    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def timed_load(path, mmap):
+    code = ("import sys, time, torch\n"
+            "t = time.perf_counter()\n"
+            "sd = torch.load(sys.argv[1], weights_only=True, mmap=sys.argv[2] == '1')\n"
+            "s = sum(float(v.float().sum()) for v in sd.values())\n"
+            "print(time.perf_counter() - t)\n")
+    p = subprocess.run([sys.executable, "-c", code, path, "1" if mmap else "0"],
+                       capture_output=True, text=True, check=True)
+    return float(p.stdout.strip())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=512)
+    ap.add_argument("--mmap", action="store_true")
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="corafs-bench-tl-", dir=os.environ.get("TMPDIR"))
+    try:
+        torch.manual_seed(0)
+        n = a.mib // 16
+        v1 = {f"layer{i}.weight": torch.randn(2048, 2048) * 0.02 for i in range(n)}
+        v2 = {k: t + torch.randn_like(t) * 1e-4 for k, t in v1.items()}
+        p1, p2 = os.path.join(work, "v1.pth"), os.path.join(work, "v2.pth")
+        torch.save(v1, p1)
+        torch.save(v2, p2)
+        repo, mnt = os.path.join(work, "repo"), os.path.join(work, "mnt")
+        os.makedirs(mnt)
+        corafs("init", repo)
+        for p in (p1, p2):
+            shutil.copy(p, os.path.join(work, "model.pth"))
+            corafs("commit", repo, os.path.join(work, "model.pth"))
+        rows = []
+        for label, local, spec in (("head (deltas)", p2, "main"), ("first (keyframes)", p1,
+                                                                    "main~1")):
+            drop_caches()
+            t_local = timed_load(local, a.mmap)
+            corafs("mount", repo, mnt)
+            try:
+                drop_caches()
+                t_mount = timed_load(os.path.join(mnt, spec, "model.pth"), a.mmap)
+            finally:
+                corafs("umount", mnt)
+            rows.append((label, t_local, t_mount))
+        print(f"torch.load{' (mmap=True)' if a.mmap else ''} of a {a.mib} MB state dict, cold")
+        print(f"{'version':<20} {'local':>8} {'mount':>8} {'ratio':>7}")
+        for label, tl, tm in rows:
+            print(f"{label:<20} {tl:>7.2f}s {tm:>7.2f}s {tm / tl:>7.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

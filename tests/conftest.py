@@ -33,6 +33,14 @@ def repo(tmp_path):
 
 
 @pytest.fixture
+def fresh(tmp_path):
+    """A new repository (made by the CLI) and a mountpoint path for it."""
+    repo = tmp_path / "repo"
+    run_cli("init", repo)
+    return repo, tmp_path / "mnt"
+
+
+@pytest.fixture
 def work(tmp_path):
     d = tmp_path / "work"
     d.mkdir()

@@ -45,3 +45,9 @@ def wait_for(pred, timeout=10.0, interval=0.1):
             return True
         time.sleep(interval)
     return pred()
+
+
+def settled(repo) -> bool:
+    """Nothing is staged any more: every change made so far is committed."""
+    return "nothing staged" in corafs("status", repo).stdout
+

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from conftest import run_cli, sha256_file
+from conftest import run_cli
 from corafs import Repository
 
 

@@ -1,6 +1,5 @@
 """A commit process killed with SIGKILL at random points leaves a consistent repository:
 fsck passes, every earlier commit exports byte-exact, no half commit is visible."""
-import os
 import random
 import signal
 import subprocess

@@ -113,7 +113,7 @@ def test_save_state_dict_from_a_loop(repo):
 
 
 def test_trainer_callback_commits_every_checkpoint(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers import (BertConfig, BertForSequenceClassification, Trainer,
                               TrainingArguments)
     from corafs.integrations import TrainerCallback

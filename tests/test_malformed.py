@@ -3,7 +3,6 @@ bombs, hostile zip records. Each is committed through the CLI and through the mo
 no traceback, stored byte-exact as an opaque file with the reason told, memory under the bound
 documented in docs/formats.md."""
 import io
-import json
 import os
 import struct
 import subprocess

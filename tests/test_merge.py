@@ -10,7 +10,7 @@ import torch
 from conftest import run_cli, sha256_file
 import corafs
 from corafs.core.merge import MergeConflict
-from mountutil import corafs as corafs_cli, mounted, needs_fuse, wait_for
+from mountutil import mounted, needs_fuse, wait_for
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
                 torch.float8_e5m2, torch.float64]

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import sha256_file
 from corafs import Repository
-from mountutil import corafs, mounted, needs_fuse, wait_for
+from mountutil import corafs, mounted, needs_fuse, settled, wait_for
 
 pytestmark = [needs_fuse, pytest.mark.mount]
 
@@ -21,19 +21,12 @@ def _head(repo, branch="main"):
 
 
 def _settled(repo):
-    """Nothing is staged any more: every change made so far is committed."""
-    return "nothing staged" in corafs("status", repo).stdout
+    return settled(repo)
 
 
 def _wait_committed(repo, timeout=20):
     assert wait_for(lambda: _settled(repo), timeout=timeout), corafs("status", repo).stdout
 
-
-@pytest.fixture
-def fresh(tmp_path):
-    repo = tmp_path / "repo"
-    corafs("init", repo)
-    return repo, tmp_path / "mnt"
 
 
 def test_rename_then_write_lands_in_the_new_name(fresh):
@@ -210,3 +203,18 @@ def test_long_names_are_refused(fresh):
         with pytest.raises(OSError) as e:
             open(f"{m}/main/{'n' * 256}", "w")
         assert e.value.errno == errno.ENAMETOOLONG
+
+
+def test_fsync_of_a_directory_commits(fresh):
+    repo, mnt = fresh
+    with mounted(repo, mnt, "--commit-delay", "600") as m:
+        before = _head(repo)
+        os.makedirs(f"{m}/main/empty")
+        open(f"{m}/main/a.txt", "w").write("a")
+        fd = os.open(f"{m}/main/empty", os.O_RDONLY | os.O_DIRECTORY)   # an empty directory
+        try:
+            os.fsync(fd)                                 # returns once committed
+        finally:
+            os.close(fd)
+        with Repository(repo) as r:
+            assert r.head("main") != before and r.read_file("main:a.txt") == b"a"

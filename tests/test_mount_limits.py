@@ -1,6 +1,5 @@
 """Mount limits that keep the daemon bounded (holes, file size, unmount time), and mounts used
 by other users (issue 8, items 8, 10, 15)."""
-import errno
 import hashlib
 import os
 import subprocess
@@ -10,7 +9,7 @@ import time
 import pytest
 
 from corafs import Repository
-from mountutil import corafs, mounted, needs_fuse, wait_for
+from mountutil import corafs, mounted, needs_fuse, settled, wait_for
 
 pytestmark = [needs_fuse, pytest.mark.mount]
 
@@ -18,14 +17,8 @@ NOBODY = 65534
 
 
 def _settled(repo):
-    return "nothing staged" in corafs("status", repo).stdout
+    return settled(repo)
 
-
-@pytest.fixture
-def fresh(tmp_path):
-    repo = tmp_path / "repo"
-    corafs("init", repo)
-    return repo, tmp_path / "mnt"
 
 
 def test_holes_cost_nothing_and_huge_sizes_are_refused(fresh):

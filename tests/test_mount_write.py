@@ -1,8 +1,6 @@
 """The write side against a real FUSE mount: saving into a branch directory is a commit."""
 import errno
-import hashlib
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -13,7 +11,7 @@ import torch
 
 from conftest import sha256_file
 from corafs import Repository
-from mountutil import corafs, mounted, needs_fuse, wait_for
+from mountutil import corafs, mounted, needs_fuse, settled, wait_for
 
 pytestmark = [needs_fuse, pytest.mark.mount]
 
@@ -28,15 +26,9 @@ def _committed(repo, n, branch="main", timeout=10):
 
 
 def _settled(repo, timeout=20):
-    """Nothing is staged any more: every change made so far is committed."""
-    return wait_for(lambda: "nothing staged" in corafs("status", repo).stdout, timeout=timeout)
+    """Wait until nothing is staged any more: every change made so far is committed."""
+    return wait_for(lambda: settled(repo), timeout=timeout)
 
-
-@pytest.fixture
-def fresh(tmp_path):
-    repo = tmp_path / "repo"
-    corafs("init", repo)
-    return repo, tmp_path / "mnt"
 
 
 def test_torch_save_is_one_commit_and_loads_from_history(fresh, tmp_path):

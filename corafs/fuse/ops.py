@@ -23,7 +23,7 @@ import pyfuse3
 import trio
 
 from ..errors import CorafsError, CorruptObject, InvalidName, NotFound, RefExists
-from ..view import MountView, Node
+from ..view import MountView
 
 log = logging.getLogger("corafs.fuse")
 
@@ -110,6 +110,7 @@ class Operations(pyfuse3.Operations):
         self.prefetch_start = prefetch_start
         self.files: dict[int, _FileHandle] = {}
         self.dirs: dict[int, list] = {}
+        self.dir_nodes: dict[int, object] = {}
         self._next_fh = 1
         self.reads = self.read_bytes = 0
 
@@ -172,6 +173,7 @@ class Operations(pyfuse3.Operations):
         entries = await self._meta(self.view.listdir, inode)
         fh = self._fh()
         self.dirs[fh] = entries      # a snapshot: offsets stay stable for this handle
+        self.dir_nodes[fh] = self.view.nodes.get(inode)
         return fh
 
     @_guard
@@ -185,6 +187,7 @@ class Operations(pyfuse3.Operations):
 
     async def releasedir(self, fh):
         self.dirs.pop(fh, None)
+        self.dir_nodes.pop(fh, None)
 
     @_guard
     async def statfs(self, ctx):
@@ -368,9 +371,12 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def fsyncdir(self, fh, datasync):
-        branches = {n.branch for _name, n in self.dirs.get(fh, []) if n.live}
-        for b in branches:
-            await self.commit_now(b)
+        """fsync on a directory of a branch commits that branch; on the root, every branch."""
+        d = self.dir_nodes.get(fh)
+        if d is not None and d.live:
+            await self.commit_now(d.branch)
+        elif d is not None and d.inode == pyfuse3.ROOT_INODE and self.staging.writable:
+            await self.commit_now()
 
     async def commit_now(self, branch: Optional[str] = None) -> None:
         """Commit staged work at once (fsync, unmount)."""

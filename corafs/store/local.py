@@ -43,12 +43,16 @@ _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
 _DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
 
 
-def fsync_dir(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path
 
 
 _TOKEN_RE = re.compile(r"\.w([0-9a-f]{12})\.")

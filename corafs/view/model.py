@@ -22,14 +22,12 @@ import dataclasses
 import datetime
 import os
 import stat
-import threading
 import time
 from typing import Optional
 
 from ..core import tree as treemod
 from ..core.revparse import is_hex_prefix
 from ..errors import CorafsError, NotFound
-from .live import LiveNode
 from .staging import Staging
 
 ROOT_INODE = 1

@@ -25,6 +25,7 @@ from typing import Optional
 from ..core import tree as treemod
 from ..core.repository import describe_changes
 from ..errors import CorafsError, IngestCancelled, NotFound
+from ..store.local import fsync_path as _fsync_path
 from . import live
 from .journal import Journal, read_rows
 from .live import (CLOSED, DURABLE, EMPTY_TREE, FAILED, INGESTED, OPEN, Forest, LiveNode,
@@ -807,14 +808,6 @@ def _sync_files(paths: list[str], directory: str) -> None:
     for p in paths:
         _fsync_path(p)
     _fsync_path(directory)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def orphan_spools(repo_path: str) -> list[tuple[str, int]]:

@@ -150,7 +150,11 @@ class Operations(pyfuse3.Operations):
     # -- metadata --------------------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode, name, ctx=None):
-        n = await self._meta(self.view.lookup, parent_inode, self._name(name))
+        # most lookups in a branch are dict lookups (git, tar, rsync stat every name before
+        # writing it): answered inline, a thread only when the store must be read
+        n = self.view.lookup_cached(parent_inode, self._name(name))
+        if n is None:
+            n = await self._meta(self.view.lookup, parent_inode, self._name(name))
         return self._attrs(n)
 
     @_guard
@@ -400,6 +404,8 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def unlink(self, parent_inode, name, ctx):
         d = self._parent(parent_inode)
+        if self.view.absent(parent_inode, self._name(name)):
+            raise pyfuse3.FUSEError(errno.ENOENT)     # git unlinks before it creates: inline
         await self._meta(self.staging.unlink, d, self._name(name))
         self.on_change()
 

@@ -197,6 +197,26 @@ class MountView:
             self.remember(node)
             return node
 
+    def lookup_cached(self, parent: int, name: str):
+        """``lookup`` when it needs no store read (a loaded branch directory): the node, or
+        NotFound; None when the answer needs I/O (call ``lookup`` in a thread then)."""
+        with self._lock:
+            d = self.nodes.get(parent)
+            if d is None or not d.live or d.kind != "dir" or d.children is None:
+                return None
+            c = d.children.get(name)
+            if c is None:
+                raise NotFound("path", name)
+            self.remember(c)
+            return c
+
+    def absent(self, parent: int, name: str) -> bool:
+        """True when ``name`` is known not to exist in a loaded branch directory."""
+        with self._lock:
+            d = self.nodes.get(parent)
+            return (d is not None and d.live and d.kind == "dir" and d.children is not None
+                    and name not in d.children)
+
     def peek(self, parent: int, name: str):
         """Resolve one name without counting a reference (None if absent)."""
         with self._lock:

@@ -26,6 +26,7 @@ class StagingMachine(RuleBasedStateMachine):
         self.repo = Repository.init(os.path.join(self.tmp, "repo"), tuning=SMALL)
         self._open()
         self.model: dict[str, object] = {}   # path -> bytes (file) or None (directory)
+        self.touched: set[str] = set()          # written here since the last commit/sync
         self.other = 0
 
     def _open(self):
@@ -96,6 +97,7 @@ class StagingMachine(RuleBasedStateMachine):
         os.close(fd)
         self.st.release(n, s)
         self.model[p] = content
+        self.touched.add(p)
 
     @rule(data=st.data(), items=st.lists(st.tuples(NAMES, st.one_of(st.none(), DATA)),
                                          min_size=2, max_size=6))
@@ -124,6 +126,7 @@ class StagingMachine(RuleBasedStateMachine):
         os.close(fd)
         self.st.release(n, s)
         self.model[p] = content
+        self.touched.add(p)
 
     @precondition(lambda self: self._files())
     @rule(data=st.data(), content=DATA, truncate=st.booleans())
@@ -136,6 +139,7 @@ class StagingMachine(RuleBasedStateMachine):
         self.st.release(n, s)
         old = self.model[p]
         self.model[p] = content if truncate else content + old[len(content):]
+        self.touched.add(p)
 
     @rule(data=st.data(), name=NAMES)
     def mkdir(self, data, name):
@@ -197,12 +201,14 @@ class StagingMachine(RuleBasedStateMachine):
             del self.model[q]
         for q, v in moved.items():
             self.model[dst + q[len(src):]] = v
+            self.touched.add(dst + q[len(src):])
 
     @precondition(lambda self: self.model)
     @rule()
     def commit(self):
         self.st.commit("main")
         assert self._committed() == self.model
+        self.touched.clear()
 
     @precondition(lambda self: self.model)
     @rule(data=st.data(), name=NAMES)
@@ -233,6 +239,7 @@ class StagingMachine(RuleBasedStateMachine):
         if ran:                                   # nothing to commit: no commit, no unlink
             del self.model[p]
             assert self._committed() == snapshot, "the commit holds the state before the unlink"
+        self.touched.clear()                      # all committed (the unlink is a removal)
 
     @rule(content=DATA)
     def other_writer_commits(self, content):
@@ -246,6 +253,20 @@ class StagingMachine(RuleBasedStateMachine):
         self.view.refresh()
         self.model[name] = content
 
+    @rule(data=st.data())
+    def other_writer_deletes(self, data):
+        """Another process deletes a top-level file of the head: it disappears here unless
+        this mount changed it since (then the local version stays, ours wins)."""
+        with_files = [p for p, e in self.repo.listdir(self.repo.head("main")).items()
+                      if e["kind"] == "file"]
+        if not with_files:
+            return
+        q = data.draw(st.sampled_from(sorted(with_files)))
+        self.repo.commit_changes("main", {q: None}, f"delete {q}")
+        self.view.refresh()
+        if q in self.model and q not in self.touched and self.model[q] is not None:
+            del self.model[q]
+
     @precondition(lambda self: len(self.model) >= 3)
     @rule()
     def crash_and_recover(self):
@@ -257,6 +278,7 @@ class StagingMachine(RuleBasedStateMachine):
         self.st.recover()
         self.st.commit_all()
         assert self._committed() == self.model
+        self.touched.clear()
 
     @invariant()
     def view_matches_model(self):

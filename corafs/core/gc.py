@@ -112,21 +112,12 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
         roots.append(cid)
     for _name, oid in store.list_refs("tags/").items():
         roots.append(oid)
-    now_ns = time.time_ns()
-    if expire_reflog is None:
-        roots.extend(repo.reflog_roots(now_ns))
-    else:
-        cfg = dict(repo.config)
-        repo.config["reflog_expire_days"] = expire_reflog / 86400.0
-        try:
-            roots.extend(repo.reflog_roots(now_ns))
-        finally:
-            repo.config.clear()
-            repo.config.update(cfg)
+    expire_days = None if expire_reflog is None else expire_reflog / 86400.0
+    roots.extend(repo.reflog_roots(time.time_ns(), expire_days))
     roots.extend(_journal_roots(repo))
-    for p in list(packs.values()) + list(fresh):   # young packs: a commit in progress
-        if now - p["mtime"] < grace or any(p is f for f in fresh):
-            roots.extend(x.decode() for x in p["table"]["id"].tolist())
+    young = [p for p in packs.values() if now - p["mtime"] < grace]
+    for p in young + list(fresh):                  # a commit in progress wrote these
+        roots.extend(x.decode() for x in p["table"]["id"].tolist())
     marks: set[str] = set()
     stack = [r for r in roots if r]
     while stack:

@@ -66,13 +66,10 @@ class Ingestor:
             return self.ingest(f, name, size, ref)
 
     def ingest(self, f, name: str, size: int, ref: Optional[dict]) -> IngestResult:
-        self._check_cancel()
-        return self._ingest_any(f, name, size, ref)
-
-    def _ingest_any(self, f, name: str, size: int, ref: Optional[dict]) -> IngestResult:
         """``ref``: the previous version's file manifest (for delta references), or None.
         A checkpoint whose layout cannot be stored as parsed is stored opaque instead, with
         the reason: one file must never fail a commit for what its bytes are."""
+        self._check_cancel()
         layout = formats.detect(f, name, size)
         if layout.format == "opaque":
             return self._ingest(f, size, ref, layout)

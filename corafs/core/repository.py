@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -265,11 +266,10 @@ class Repository:
                   author: Optional[str] = None) -> None:
         """The one way refs move: compare-and-swap, then a reflog line."""
         self.store.cas_ref(ref, expected, new)
-        import sys
-        command = " ".join(["corafs" if sys.argv and sys.argv[0].endswith(("corafs",
-                                                                              "__main__.py"))
-                            else os.path.basename(sys.argv[0] if sys.argv else "python")]
-                           + sys.argv[1:])[:300]
+        prog = os.path.basename(sys.argv[0]) if sys.argv else "python"
+        if prog in ("corafs", "__main__.py"):
+            prog = "corafs"
+        command = " ".join([prog, *sys.argv[1:]])[:300]
         line = json.dumps({"old": expected, "new": new, "time_ns": time.time_ns(),
                            "author": author or self.default_author(), "action": action[:300],
                            "command": command, "pid": os.getpid()}, sort_keys=True)
@@ -292,10 +292,12 @@ class Repository:
         out.reverse()
         return out
 
-    def reflog_roots(self, now_ns: Optional[int] = None) -> set[str]:
-        """Commits that reflog entries younger than ``reflog_expire_days`` (corafs.json,
-        default 90) keep alive: garbage collection must not remove them."""
-        days = float(self.config.get("reflog_expire_days", 90))
+    def reflog_roots(self, now_ns: Optional[int] = None,
+                     expire_days: Optional[float] = None) -> set[str]:
+        """Commits that reflog entries younger than ``expire_days`` (default:
+        ``reflog_expire_days`` of corafs.json, 90) keep alive: gc must not remove them."""
+        days = float(self.config.get("reflog_expire_days", 90) if expire_days is None
+                     else expire_days)
         cutoff = (now_ns or time.time_ns()) - int(days * 86400e9)
         out: set[str] = set()
         for ref in self.store.reflog_refs():
@@ -575,23 +577,13 @@ class Repository:
         """Ingest one local file as the next version of ``dest`` on ``branch`` (its previous
         version there is the delta reference). Objects are durable on return; nothing is
         committed: pass ``result.entry`` to ``commit_changes``."""
-        tree.split_path(dest)
-        head_tree = self.commit_obj(self.head(branch)).tree
-        w = self.store.writer()
-        try:
-            ing = Ingestor(self, w, self.pool, on_progress)
-            ing.cancel = cancel
-            ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
-            res = ing.ingest_path(src, os.path.basename(dest),
-                                  self._previous_manifest(head_tree, dest))
-            w.commit()
-        except BaseException:
-            w.abort()
-            raise
-        self.simindex.add(ing.fingerprints)
+        (res,) = self.ingest_many([(src, dest)], branch, cancel, on_progress)
+        if isinstance(res, BaseException):
+            raise res
         return res
 
-    def ingest_many(self, items: list[tuple[str, str]], branch: str, cancel=None) -> list:
+    def ingest_many(self, items: list[tuple[str, str]], branch: str, cancel=None,
+                    on_progress: Optional[Callable[[int], None]] = None) -> list:
         """Ingest several local files (``(src, dest)``) as next versions on ``branch`` into one
         pack, durable on return. Returns, per item, its IngestResult or the exception that
         stopped that file alone (the others are stored anyway). Nothing is committed."""
@@ -599,7 +591,7 @@ class Repository:
         w = self.store.writer()
         out: list = []
         try:
-            ing = Ingestor(self, w, self.pool)
+            ing = Ingestor(self, w, self.pool, on_progress)
             ing.cancel = cancel
             ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
             for src, dest in items:

@@ -339,5 +339,4 @@ def umount(mountpoint: str, timeout: float = 90.0) -> list[str]:
     if repo is None:
         return []
     from ..view.staging import status_lines
-    return [line for line in status_lines(repo) if not line.startswith("unsaved")
-            and "nothing" not in line]
+    return [line for line in status_lines(repo) if line.startswith("staged")]

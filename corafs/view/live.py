@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from typing import Iterator, Optional
 
 from ..core import tree as treemod
 from ..core.objects import canonical, meta_id
-from ..errors import NotFound
 
 EMPTY_TREE = meta_id(canonical(treemod.empty_tree()))
 LIVE_TTL = 1.0
@@ -425,5 +423,4 @@ def rows_to_changes(rows: dict[str, dict]) -> dict[str, Optional[dict]]:
 
 
 __all__ = ["LiveNode", "Staged", "Forest", "BranchTree", "rows_to_changes", "check_name",
-           "EMPTY_TREE", "OPEN", "CLOSED", "DURABLE", "INGESTED", "FAILED", "NotFound",
-           "time"]
+           "EMPTY_TREE", "OPEN", "CLOSED", "DURABLE", "INGESTED", "FAILED"]

@@ -600,8 +600,6 @@ class Staging:
                     self.forest.reconcile(b, old, head)
                     if b in self.dirty:
                         self._rewrite(b)
-                    elif self.journal is not None:
-                        pass
 
     # -- recovery -------------------------------------------------------------------------------------
     def recover(self) -> list[str]:

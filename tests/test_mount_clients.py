@@ -20,12 +20,8 @@ def _head(repo, branch="main"):
         return r.head(branch)
 
 
-def _settled(repo):
-    return settled(repo)
-
-
 def _wait_committed(repo, timeout=20):
-    assert wait_for(lambda: _settled(repo), timeout=timeout), corafs("status", repo).stdout
+    assert wait_for(lambda: settled(repo), timeout=timeout), corafs("status", repo).stdout
 
 
 
@@ -75,7 +71,7 @@ def test_cwd_inside_a_branch_survives_commits_sqlite(fresh):
                     con.execute("insert into m values (?, ?)", (round_ * 10 + i, 1.0 / (i + 1)))
                 con.commit()
                 con.close()
-                assert wait_for(lambda: _head(repo) != head and _settled(repo), timeout=20)
+                assert wait_for(lambda: _head(repo) != head and settled(repo), timeout=20)
                 assert os.getcwd() == f"{m}/main/run/db"    # still valid after the commit
                 assert os.path.exists("metrics.db")
             con = sqlite3.connect("metrics.db")
@@ -83,7 +79,7 @@ def test_cwd_inside_a_branch_survives_commits_sqlite(fresh):
             con.close()
         finally:
             os.chdir(here)
-        assert wait_for(lambda: _settled(repo), timeout=20)
+        assert wait_for(lambda: settled(repo), timeout=20)
     with Repository(repo) as r:
         assert len(r.log("main")) >= 4                  # the rounds were separate commits
 

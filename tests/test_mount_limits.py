@@ -16,10 +16,6 @@ pytestmark = [needs_fuse, pytest.mark.mount]
 NOBODY = 65534
 
 
-def _settled(repo):
-    return settled(repo)
-
-
 
 def test_holes_cost_nothing_and_huge_sizes_are_refused(fresh):
     repo, mnt = fresh
@@ -30,7 +26,7 @@ def test_holes_cost_nothing_and_huge_sizes_are_refused(fresh):
         open(f"{m}/main/data", "wb").write(b"head")
         os.truncate(f"{m}/main/data", 1 << 30)           # a 1 GiB file, almost all hole
         t0 = time.monotonic()
-        assert wait_for(lambda: _settled(repo), timeout=120)
+        assert wait_for(lambda: settled(repo), timeout=120)
         took = time.monotonic() - t0
     with Repository(repo) as r:
         e = r.entry(r.head("main"), "data")
@@ -65,7 +61,7 @@ def test_unmount_never_waits_on_unbounded_work(fresh):
     with mounted(repo, mnt, "--commit-delay", "0.2") as m:   # still staged, and mountable
         assert os.path.getsize(f"{m}/main/big") == 200 << 30
         os.unlink(f"{m}/main/big")
-        assert wait_for(lambda: _settled(repo), timeout=30)
+        assert wait_for(lambda: settled(repo), timeout=30)
     with Repository(repo) as r:
         assert "big" not in r.listdir(r.head("main")) and r.fsck().ok
 

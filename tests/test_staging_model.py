@@ -88,16 +88,7 @@ class StagingMachine(RuleBasedStateMachine):
     # -- operations -----------------------------------------------------------------------------
     @rule(data=st.data(), name=NAMES, content=DATA)
     def create(self, data, name, content):
-        d = data.draw(st.sampled_from(self._dirs()))
-        p = self._join(d, name)
-        if p in self.model:
-            return
-        n, s, fd = self.st.create(self._node(d), name, 0o644)
-        os.write(fd, content)
-        os.close(fd)
-        self.st.release(n, s)
-        self.model[p] = content
-        self.touched.add(p)
+        self._create(data.draw(st.sampled_from(self._dirs())), name, content)
 
     @rule(data=st.data(), items=st.lists(st.tuples(NAMES, st.one_of(st.none(), DATA)),
                                          min_size=2, max_size=6))
@@ -143,12 +134,7 @@ class StagingMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), name=NAMES)
     def mkdir(self, data, name):
-        d = data.draw(st.sampled_from(self._dirs()))
-        p = self._join(d, name)
-        if p in self.model:
-            return
-        self.st.mkdir(self._node(d), name, 0o755)
-        self.model[p] = None
+        self._mkdir(data.draw(st.sampled_from(self._dirs())), name)
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())

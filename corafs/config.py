@@ -26,6 +26,14 @@ class Tuning:
     meta_zstd_level: int = 9
     #: longest delta chain; a block deeper than this is stored as a keyframe.
     max_delta_depth: int = 8
+    #: head-first encoding: a commit stores its new blocks as keyframes, and the blocks they
+    #: replace become deltas against them afterwards (in the background), so the newest
+    #: version reads fastest. False: forward deltas at ingest (the newest version is the end
+    #: of the chain), kept as the baseline the benchmarks compare against.
+    head_first: bool = True
+    #: after re-encoding, a pack is rewritten (superseded encodings dropped) once at least
+    #: this fraction of its bytes is superseded.
+    repack_waste: float = 0.25
     #: worker threads for hashing / encoding / decoding (numpy and zstd release the GIL).
     workers: int = 2
     #: bytes of decoded blocks kept by a Repository's read cache.

@@ -152,17 +152,27 @@ def test_reference_found_by_name_in_parent_and_by_similarity(repo, work):
     tuned = {k: v + torch.randn_like(v) * 1e-4 for k, v in sd.items()}
     safetensors.torch.save_file(tuned, str(work / "b.safetensors"))
     repo.commit("main", {"other.safetensors": str(work / "b.safetensors")})
+    first = repo.get_meta(repo.entry(repo.head("main"), "a.safetensors")["id"])["tensors"]
     m = repo.get_meta(repo.entry(repo.head("main"), "other.safetensors")["id"])
-    kinds = {b[2] for t in m["tensors"] for b in repo.tensor_manifest(t["id"])["blocks"]}
-    assert kinds & {"xor-planes-zstd", "osub-planes-zstd"}, kinds
+    # the reference is recorded as the tensor this one replaces (head-first re-encoding
+    # turns the reference into deltas against it when it is no longer held)
+    assert {repo.tensor_manifest(t["id"]).get("prev") for t in m["tensors"]} == \
+        {t["id"] for t in first}
     # renamed tensors on a new branch: found by the similarity index
     repo.create_branch("exp", repo.log("main")[-1].id)     # the empty initial commit
     renamed = {"renamed." + k: v + torch.randn_like(v) * 1e-4 for k, v in sd.items()}
     safetensors.torch.save_file(renamed, str(work / "c.safetensors"))
     repo.commit("exp", {"c.safetensors": str(work / "c.safetensors")})
     m = repo.get_meta(repo.entry(repo.head("exp"), "c.safetensors")["id"])
-    kinds = {b[2] for t in m["tensors"] for b in repo.tensor_manifest(t["id"])["blocks"]}
-    assert kinds & {"xor-planes-zstd", "osub-planes-zstd"}, kinds
+    prevs = {repo.tensor_manifest(t["id"]).get("prev") for t in m["tensors"]}
+    assert prevs and prevs <= {t["id"] for t in first} | {
+        t["id"] for t in repo.get_meta(repo.entry(repo.head("main"),
+                                                  "other.safetensors")["id"])["tensors"]}
+    # the file a.safetensors is still held by main's head: it is not turned into deltas
+    assert repo.wait_reencode(30)
+    for t in first:
+        for b in repo.tensor_manifest(t["id"])["blocks"]:
+            assert not repo.block_header(b[0]).is_delta
     assert sha256_bytes(repo.read_file("exp:c.safetensors")) == sha256_bytes(
         (work / "c.safetensors").read_bytes())
     # unrelated random tensors of the same shape are not taken as references
@@ -187,8 +197,10 @@ def test_similarity_index_rebuilt_when_missing(repo, work):
 
 def test_delta_chains_bounded_reads_exact(tmp_path, work):
     import dataclasses
+    from corafs.core.stats import chain_depth
     tuning = dataclasses.replace(SMALL, max_delta_depth=3)
     r = Repository.init(str(tmp_path / "r"), tuning=tuning)
+    r.background_reencode = False
     w = torch.randn(128, 256)
     shas = []
     for step in range(10):
@@ -197,15 +209,15 @@ def test_delta_chains_bounded_reads_exact(tmp_path, work):
         torch.save({"w": w.clone()}, p)
         shas.append(sha256_bytes(p.read_bytes()))
         r.commit("main", {"m.pth": str(p)})
-    depths, codecs_used = [], set()
+        r.reencode()
+    depths, codecs_used, memo = [], set(), {}
     for c in r.log("main"):
         for path, e in r.walk(c.id):
             for t in r.get_meta(e["id"])["tensors"]:
-                for oid, depth, codec in r.tensor_manifest(t["id"])["blocks"]:
-                    depths.append(depth)
-                    codecs_used.add(codec)
-                    assert r.block_header(oid).depth == depth
-    assert max(depths) <= 3
+                for oid, _depth, _codec in r.tensor_manifest(t["id"])["blocks"]:
+                    depths.append(chain_depth(r, oid, memo))
+                    codecs_used.add(r.block_header(oid).codec)
+    assert max(depths) == 3
     assert "osub2-planes-zstd" in codecs_used or "osub-planes-zstd" in codecs_used
     for i, sha in enumerate(reversed(shas)):
         assert sha256_bytes(r.read_file(f"main~{i}:m.pth")) == sha

@@ -181,7 +181,10 @@ def progress(total: int, desc: str):
 
 
 def open_repo(path: str) -> Repository:
-    return Repository(path)
+    repo = Repository(path)
+    # commands that commit run the head-first re-encoding themselves, after their output
+    repo.background_reencode = False
+    return repo
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -253,6 +256,22 @@ def cmd_commit(a):
         print(f"[{branch} {c.id[:12]}] {c.message}")
         print(f" {len(files)} file(s){f', {len(links)} symlink(s)' if links else ''}, "
               f"{fmt.size(total)} in, {fmt.size(new)} new in the store")
+        sys.stdout.flush()
+        _reencode(repo)
+
+
+def _reencode(repo) -> None:
+    """The commit is visible already: now turn what it replaced into reverse deltas (the
+    head-first step). Interrupted, it stays queued for the next command or mount."""
+    try:
+        rep = repo.reencode()
+    except KeyboardInterrupt:
+        print("note: re-encoding of the previous version interrupted; it stays queued",
+              file=sys.stderr)
+        return
+    if rep.blocks:
+        print(f" previous version re-encoded as deltas: {rep.blocks} block(s), "
+              f"{fmt.size(rep.bytes_before)} -> {fmt.size(rep.bytes_after)}")
 
 
 def cmd_log(a):
@@ -307,11 +326,10 @@ def _show_file(repo, path, e):
     if not m.get("tensors"):
         return
     how = {}
+    memo: dict = {}
     for t in m["tensors"]:
         tm = repo.tensor_manifest(t["id"])
-        codecs_used = sorted({b[2] for b in tm["blocks"]})
-        depth = max((b[1] for b in tm["blocks"]), default=0)
-        how[t["name"]] = ",".join(codecs_used) + (f" depth {depth}" if depth else "")
+        how[t["name"]] = _stored_as(repo, tm, memo)
     spans = m["tensors"]
     print(f"\n{'tensor':<48} {'dtype':<8} {'shape':<20} {'bytes':>10}  stored as")
     for name, dtype, shp, span, _off in m["views"]:
@@ -323,6 +341,20 @@ def _show_file(repo, path, e):
         else:
             nbytes, stored = 0, "empty"
         print(f"{name:<48} {dtype:<8} {fmt.shape(shp):<20} {fmt.size(nbytes):>10}  {stored}")
+
+
+def _stored_as(repo, tm: dict, memo: dict) -> str:
+    """How a tensor's blocks are stored now (from their headers): keyframe, delta or reverse
+    delta, the codecs, and the longest chain a read decodes through."""
+    from ..core.stats import chain_depth
+    kinds, names, depth = set(), set(), 0
+    for b in tm["blocks"]:
+        h = repo.block_header(b[0])
+        names.add(h.codec)
+        kinds.add("reverse delta" if h.reverse else "delta" if h.is_delta else "keyframe")
+        depth = max(depth, chain_depth(repo, b[0], memo))
+    return f"{'+'.join(sorted(kinds))} ({','.join(sorted(names))})" + \
+        (f" depth {depth}" if depth else "")
 
 
 def cmd_ls(a):
@@ -413,6 +445,8 @@ def cmd_merge(a):
                 print(f"  {how:<12} {where}")
             print(f" {len(res.files)} checkpoint(s) merged per tensor, "
                   f"{len(res.tensors)} tensor(s) combined")
+        sys.stdout.flush()
+        _reencode(repo)
 
 
 def cmd_reflog(a):
@@ -472,7 +506,11 @@ def cmd_stats(a):
             ("metadata", f"{s.meta_bytes}  ({fmt.size(s.meta_bytes)})"),
             ("on disk", f"{s.disk_bytes}  ({fmt.size(s.disk_bytes)})"),
             ("ratio (logical / on disk)", f"{s.ratio:.2f}x"),
-            ("data objects", f"{s.objects} ({s.keyframes} keyframes, {s.deltas} deltas)"),
+            ("data objects", f"{s.objects} ({s.keyframes} keyframes, {s.deltas} deltas, "
+                             f"{s.reverse_deltas} of them reverse)"),
+            ("delta depth", f"max {s.max_depth}, mean {s.mean_depth:.1f}; branch heads and "
+                            f"tags max {s.head_max_depth}"),
+            ("re-encoding queued", f"{s.pending_jobs} commit(s)"),
             ("codecs", ", ".join(f"{k}={v}" for k, v in sorted(s.codecs.items())) or "-"),
         ]
         for k, v in rows:

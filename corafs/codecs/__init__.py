@@ -4,6 +4,11 @@ encodes and never changes; decoding looks the name up in ``REGISTRY``.
 A stored block (a *data object*) is ``header + body``; the header names the codec, the dtype,
 the decoded length, the delta depth and (for deltas) the id of the base block. Its object id is
 the xxh3-128 of the decoded bytes, so identical content is stored once whatever its encoding.
+
+Two header versions: ``CB\x01`` (forward deltas and keyframes, as ingest wrote them before
+head-first encoding) and ``CB\x02``, which adds one flags byte. ``REVERSE`` marks a delta
+against a *newer* version of the block (head-first encoding); its depth field then counts the
+block's position in its run of reverse deltas, from the oldest (1) up.
 """
 from __future__ import annotations
 
@@ -17,7 +22,15 @@ from ..dtypes import DType, lookup
 from . import planes, transforms, zstd
 
 MAGIC = b"CB\x01"
+MAGIC2 = b"CB\x02"
+#: header flag: a delta against a newer version (head-first encoding)
+REVERSE = 1
 _Q = struct.Struct("<QB")
+
+
+def is_block(head) -> bool:
+    """Whether the first three bytes of an object are a block header's magic."""
+    return bytes(head[:3]) in (MAGIC, MAGIC2)
 
 
 class Codec:
@@ -138,6 +151,15 @@ class BlockHeader:
     depth: int
     base: Optional[str]
     body_offset: int
+    flags: int = 0
+
+    @property
+    def is_delta(self) -> bool:
+        return self.base is not None
+
+    @property
+    def reverse(self) -> bool:
+        return bool(self.flags & REVERSE)
 
     @property
     def base_ids(self) -> list[str]:
@@ -145,31 +167,38 @@ class BlockHeader:
         return self.base.split(",") if self.base else []
 
 
-def pack_header(codec: str, dtype: str, raw_len: int, depth: int, base: Optional[str]) -> bytes:
+def pack_header(codec: str, dtype: str, raw_len: int, depth: int, base: Optional[str],
+                flags: int = 0) -> bytes:
     b = (base or "").encode()
     c = codec.encode()
     d = dtype.encode()
-    return b"".join([MAGIC, bytes([len(c)]), c, bytes([len(d)]), d, _Q.pack(raw_len, depth),
-                     bytes([len(b)]), b])
+    magic = MAGIC2 + bytes([flags]) if flags else MAGIC
+    return b"".join([magic, bytes([len(c)]), c, bytes([len(d)]), d,
+                     _Q.pack(raw_len, min(depth, 255)), bytes([len(b)]), b])
 
 
 def parse_header(payload) -> BlockHeader:
     mv = memoryview(payload)
-    if bytes(mv[:3]) != MAGIC:
+    magic = bytes(mv[:3])
+    if magic == MAGIC:
+        p, flags = 3, 0
+    elif magic == MAGIC2:
+        p, flags = 4, mv[3]
+    else:
         raise ValueError("not a corafs block (bad magic)")
-    p = 3
     n = mv[p]; codec = bytes(mv[p + 1:p + 1 + n]).decode(); p += 1 + n
     n = mv[p]; dtype = bytes(mv[p + 1:p + 1 + n]).decode(); p += 1 + n
     raw_len, depth = _Q.unpack_from(mv, p); p += _Q.size
     n = mv[p]; base = bytes(mv[p + 1:p + 1 + n]).decode() or None; p += 1 + n
-    return BlockHeader(codec, dtype, raw_len, depth, base, p)
+    return BlockHeader(codec, dtype, raw_len, depth, base, p, flags)
 
 
 def encode_block(raw: np.ndarray, dtype: str, level: int, base: Optional[np.ndarray] = None,
                  base_id: Optional[str] = None, base_depth: int = 0, max_depth: int = 8,
                  codec: Optional[str] = None, base2: Optional[np.ndarray] = None,
-                 base2_id: Optional[str] = None) -> tuple[bytes, str, int]:
-    """Encode one block; return ``(payload, codec name, depth)``.
+                 base2_id: Optional[str] = None, flags: int = 0) -> tuple[bytes, str, int]:
+    """Encode one block; return ``(payload, codec name, depth)``. ``flags`` go into a delta's
+    header (``REVERSE``); a keyframe has none.
 
     ``base2`` is the base's own base (for the second-order codec). Without ``codec``, picks the
     smallest of keyframe / XOR / ordered-sub / second-order deltas, judged cheaply on a sample,
@@ -199,7 +228,8 @@ def encode_block(raw: np.ndarray, dtype: str, level: int, base: Optional[np.ndar
         ids = base_id
     if len(body) >= raw.size:   # a delta that does not pay: fall back to a keyframe
         return encode_block(raw, dtype, level)
-    return pack_header(codec, dtype, raw.size, base_depth + 1, ids) + body, codec, base_depth + 1
+    return (pack_header(codec, dtype, raw.size, base_depth + 1, ids, flags) + body, codec,
+            base_depth + 1)
 
 
 _SAMPLE = 64 << 10

@@ -139,7 +139,7 @@ def fsck(repo, on_progress: Optional[Callable[[int], None]] = None,
             head = bytes(memoryview(payload)[:3])
             if head == META_MAGIC and len(oid) == 64:
                 decode_meta(oid, payload)
-            elif head == codecs.MAGIC:
+            elif codecs.is_block(head):
                 repo.decoder.raw(oid)
             elif head != META_MAGIC:
                 rep.problems.append((f"object {oid}", "unknown object type"))

@@ -53,16 +53,34 @@ class GcReport:
 
 def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = False,
            expire_reflog: Optional[float] = None,
-           on_progress: Optional[Callable[[int], None]] = None) -> GcReport:
+           on_progress: Optional[Callable[[int], None]] = None, min_waste: float = 0.0,
+           consolidate: bool = True, _locked: bool = False) -> GcReport:
+    """Queued head-first re-encoding runs first (its superseded encodings are then dropped
+    too); repack and re-encoding exclude each other (``objects/reencode/lock``): a copy made
+    by a repack must never bring back an encoding that re-encoding replaced meanwhile."""
     store = repo.store
     if not hasattr(store, "packs"):
         raise CorafsError("repack/gc: this store does not support it yet")
+    if _locked:
+        return _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
+                       consolidate)
+    from . import headfirst
+    if not dry_run:
+        headfirst.run_pending(repo, repack=False)
+    with headfirst.lock(repo):
+        return _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
+                       consolidate)
+
+
+def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
+            consolidate) -> GcReport:
+    store = repo.store
     progress = on_progress or (lambda n: None)
     packs = store.packs()
     rep = GcReport(packs_before=len(packs), bytes_before=sum(p["bytes"] for p in packs.values()),
                    dry_run=dry_run)
     marks = _mark(repo, packs, collect, grace, expire_reflog)
-    plan = _plan(repo, packs, marks, grace)
+    plan = _plan(repo, packs, marks, grace, min_waste, consolidate)
     rep.objects_dropped = sum(len(d) for _k, d in plan.values())
     rep.bytes_dropped = sum(n for _k, d in plan.values() for _o, n in d)
     rep.packs_rewritten = len(plan)
@@ -83,8 +101,11 @@ def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = Fa
             if name not in packs2:
                 continue
             table = packs2[name]["table"]
+            # only copies that are still the preferred ones: a superseded encoding (a newer
+            # pack holds the object) must not be copied into a pack newer than its successor
             extra = [oid for oid in (x.decode() for x in table["id"].tolist())
-                     if oid in marks2 and oid not in copied]
+                     if oid in marks2 and oid not in copied
+                     and (store.location(oid) or ("",))[0] == name]
             if extra:
                 late[name] = extra
         if late:
@@ -150,7 +171,7 @@ def _children(repo, oid: str) -> list[str]:
         if t == "tensor":
             return [b[0] for b in obj.get("blocks", [])]
         return []
-    if head == codecs.MAGIC:
+    if codecs.is_block(head):
         try:
             return list(repo.block_header(oid).base_ids)
         except Exception:
@@ -183,9 +204,11 @@ def _journal_roots(repo) -> list[str]:
 
 
 # -- planning and copying ---------------------------------------------------------------------------
-def _plan(repo, packs: dict, marks: set[str], grace: float) -> dict:
+def _plan(repo, packs: dict, marks: set[str], grace: float, min_waste: float = 0.0,
+          consolidate: bool = True) -> dict:
     """pack -> (objects to keep, [(object, bytes) dropped]) for the packs worth rewriting:
-    those holding something not wanted (or a duplicate), and small packs to consolidate."""
+    those holding something not wanted or superseded (a copy in a newer pack), at least
+    ``min_waste`` of their bytes, and (``consolidate``) small packs to merge."""
     store = repo.store
     now = time.time()
     target = store.tuning.pack_target
@@ -195,17 +218,18 @@ def _plan(repo, packs: dict, marks: set[str], grace: float) -> dict:
         if now - p["mtime"] < grace:
             continue
         table = p["table"]
-        keep, drop = [], []
+        keep, drop, kept = [], [], set()
         for oid_b, ln in zip(table["id"].tolist(), table["len"].tolist()):
             oid = oid_b.decode()
             loc = store.location(oid)
-            if oid in marks and loc is not None and loc[0] == name and oid not in keep:
+            if oid in marks and loc is not None and loc[0] == name and oid not in kept:
                 keep.append(oid)
+                kept.add(oid)
             else:
                 drop.append((oid, int(ln)))
-        if drop:
+        if drop and sum(n for _o, n in drop) >= min_waste * p["bytes"]:
             plan[name] = (keep, drop)
-        elif p["bytes"] < target // 4:
+        elif not drop and consolidate and p["bytes"] < target // 4:
             small.append((name, keep))
     if len(small) + len(plan) > 1:                 # consolidate small packs as well
         for name, keep in small:

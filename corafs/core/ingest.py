@@ -196,7 +196,9 @@ class Ingestor:
                 buf, oid = self._lossy_block(buf, span.dtype, base)
             else:
                 oid = data_id(buf)
-                self._submit(oid, buf, span.dtype, base)
+                # head-first: the new version is stored whole; the version it replaces
+                # becomes a delta against it afterwards (core/headfirst.py)
+                self._submit(oid, buf, span.dtype, None if self.t.head_first else base)
             sha.update(buf)
             h.update(buf)
             blocks.append(oid)
@@ -217,13 +219,13 @@ class Ingestor:
         cand = self.parent_tensors().get(span.name)
         if cand is not None and cand["dtype"] == span.dtype and cand["nbytes"] == span.nbytes:
             try:
-                return self.repo.tensor_manifest(cand["id"])
+                return dict(self.repo.tensor_manifest(cand["id"]), id=cand["id"])
             except Exception:
                 pass
         tid = self.repo.simindex.nearest(span.dtype, span.nbytes, fp)
         if tid is not None:
             try:
-                return self.repo.tensor_manifest(tid)
+                return dict(self.repo.tensor_manifest(tid), id=tid)
             except Exception:
                 return None
         return None
@@ -312,6 +314,10 @@ class Ingestor:
             tm = {"type": "tensor", "dtype": t["dtype"], "shape": t["shape"],
                   "nbytes": t["nbytes"], "block_size": self.t.block_size, "blocks": rows,
                   "fp": f"{fp:016x}" if fp is not None else None}
+            if ref is not None and ref.get("id") and ref["id"] != t["id"]:
+                # the version this one replaces: head-first re-encoding turns its blocks
+                # into deltas against ours, and finds the run behind them through its "prev"
+                tm["prev"] = ref["id"]
             self.repo.put_tensor_manifest(self.writer, t["id"], tm)
 
 

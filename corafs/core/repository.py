@@ -24,7 +24,7 @@ from ..config import DEFAULT, Tuning
 from ..errors import (AmbiguousRevision, CorafsError, IngestCancelled, NotARepository,
                       NotFound, RefConflict, RefExists, RepositoryExists)
 from ..store import LocalStore, ObjectStore
-from . import revparse, tree
+from . import headfirst, revparse, tree
 from .ingest import Ingestor, IngestResult
 from .objects import canonical, decode_meta, encode_meta, meta_id
 from .reader import BlockCache, Decoder, FileReader
@@ -77,6 +77,10 @@ class Repository:
         self._meta_lock = threading.Lock()
         self._pool: Optional[ThreadPoolExecutor] = None
         self.simindex = SimIndex(self)
+        #: head-first re-encoding after each commit: in a background thread (True), or left
+        #: queued for ``reencode()`` / the next process (False; the CLI runs it itself)
+        self.background_reencode = True
+        self._reencoder = headfirst.Background(self)
 
     # -- lifecycle -------------------------------------------------------------------------
     @staticmethod
@@ -112,6 +116,7 @@ class Repository:
         return repo
 
     def close(self) -> None:
+        self._reencoder.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -191,7 +196,7 @@ class Repository:
         out = {}
         for t in file_manifest.get("tensors", []):
             try:
-                out[t["name"]] = self.tensor_manifest(t["id"])
+                out[t["name"]] = dict(self.tensor_manifest(t["id"]), id=t["id"])
             except CorafsError:
                 continue
         return out
@@ -629,25 +634,53 @@ class Repository:
             try:
                 with w:
                     new_tree = tree.apply(self, w, base_tree, changes)
-                    if new_tree == base_tree and not merge_parents:
-                        return None, attempt
-                    cid = self._put_commit(w, new_tree, [head, *merge_parents], message,
-                                           author or self.default_author(), lossy)
+                    cid = None
+                    if new_tree != base_tree or merge_parents:
+                        cid = self._put_commit(w, new_tree, [head, *merge_parents], message,
+                                               author or self.default_author(), lossy)
             except BaseException:
                 w.release()
                 raise
+            if cid is None:
+                w.release()
+                return None, attempt
             try:
                 kind = "merge" if merge_parents else "commit"
                 self._move_ref(f"heads/{branch}", head, cid,
                                f"{kind}: {message.splitlines()[0] if message else ''}", author)
-                return cid, attempt
             except RefConflict as e:
+                w.release()
                 if e.actual is None:
                     raise NotFound("branch", branch) from None
                 head = e.actual
-            finally:
-                w.release()
+                continue
+            w.release()
+            self._committed(cid)
+            return cid, attempt
         raise RefConflict(f"heads/{branch}", head, self.store.get_ref(f"heads/{branch}"))
+
+    def _committed(self, cid: str) -> None:
+        """After a ref moved to a new commit: queue the re-encoding of what it replaced."""
+        if not self.tuning.head_first:
+            return
+        headfirst.enqueue(self, cid)
+        if self.background_reencode:
+            self._reencoder.kick()
+
+    def reencode(self, cancel=None, blocking: bool = True) -> "headfirst.ReencodeReport":
+        """Run the queued head-first re-encoding now (what earlier commits replaced becomes
+        reverse deltas), then rewrite packs of superseded encodings."""
+        self._reencoder.wait()
+        return headfirst.run_pending(self, cancel=cancel, blocking=blocking)
+
+    def reencode_in_background(self) -> None:
+        """Start the background re-encoder if jobs are queued (a mount does at start)."""
+        if headfirst.pending(self):
+            self._reencoder.kick()
+
+    def wait_reencode(self, timeout: Optional[float] = None) -> bool:
+        """Until the background re-encoding started by this object's commits is done."""
+        return self._reencoder.wait(timeout)
 
     # -- inspection -------------------------------------------------------------------------------
     def fsck(self, on_progress=None, repair: bool = False):

@@ -21,6 +21,11 @@ class Stats:
     codecs: dict = dataclasses.field(default_factory=dict)   # codec name -> object count
     keyframes: int = 0
     deltas: int = 0
+    reverse_deltas: int = 0       # deltas against a newer version (head-first encoding)
+    max_depth: int = 0            # longest delta chain any block decodes through
+    mean_depth: float = 0.0
+    head_max_depth: int = 0       # the same over the blocks of branch heads and tags only
+    pending_jobs: int = 0         # queued head-first re-encodings
 
     @property
     def ratio(self) -> float:
@@ -50,17 +55,48 @@ def stats(repo) -> Stats:
         objs.update(m["extents"]["obj"])
         metas.update(t["id"] for t in m.get("tensors", []))
     counts: collections.Counter = collections.Counter()
+    memo: dict[str, int] = {}
     for oid in objs:
         h = codecs.parse_header(repo.store.get_range(oid, 0, 600))
         st.dedup_bytes += h.raw_len
         st.stored_bytes += repo.store.size_of(oid)
         counts[h.codec] += 1
-        if codecs.REGISTRY.get(h.codec) is not None and codecs.REGISTRY[h.codec].is_delta:
+        if h.is_delta:
             st.deltas += 1
+            st.reverse_deltas += h.reverse
         else:
             st.keyframes += 1
+    depths = [chain_depth(repo, oid, memo) for oid in objs]
+    st.max_depth = max(depths, default=0)
+    st.mean_depth = sum(depths) / len(depths) if depths else 0.0
+    heads = set(repo.branches().values()) | set(repo.tags().values())
+    for cid in heads:
+        for t in repo.tensors_by_name(repo.commit_obj(cid).tree).values():
+            for b in repo.tensor_manifest(t["id"])["blocks"]:
+                st.head_max_depth = max(st.head_max_depth, chain_depth(repo, b[0], memo))
+    from . import headfirst
+    st.pending_jobs = len(headfirst.pending(repo))
     st.meta_bytes = sum(repo.store.size_of(m) for m in metas if repo.store.has(m))
     st.objects = len(objs)
     st.codecs = dict(counts)
     st.disk_bytes = repo.store.stored_bytes()
     return st
+
+
+def chain_depth(repo, oid: str, memo: dict) -> int:
+    """How many deltas decoding ``oid`` goes through (0: a keyframe), from headers alone."""
+    path = []
+    while oid not in memo:
+        h = repo.block_header(oid)
+        if not h.is_delta:
+            memo[oid] = 0
+            break
+        path.append(oid)
+        if len(path) > 256:
+            raise ValueError(f"delta chain of {path[0]} does not end")
+        oid = h.base_ids[0]
+    d = memo[oid]
+    for o in reversed(path):
+        d += 1
+        memo[o] = d
+    return memo[path[0]] if path else d

@@ -190,6 +190,7 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     view = MountView(repo, staging)
     for line in staging.recover():
         log.warning("recovery: %s", line)
+    repo.reencode_in_background()       # head-first work a killed command left queued
     ops = Operations(view)
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts |= {"fsname=corafs", "subtype=corafs"}

@@ -2,8 +2,9 @@
 
 Layout under ``<repo>/``::
 
-    objects/pack-<uuid>.h5     one contiguous-ish uint8 dataset ``data`` + object table
-    objects/pack-<uuid>.idx    the same table as .npy, for fast start-up (rebuilt if missing)
+    objects/pack-<time>-<rand>.h5   one contiguous uint8 dataset ``data`` + object table
+    objects/pack-<time>-<rand>.idx  the same table as .npy, for fast start-up (rebuilt if
+                                    missing)
     refs/heads/<branch>, refs/tags/<tag>
     refs.lock                  fcntl lock serializing ref compare-and-swap
 
@@ -11,8 +12,12 @@ Durability order for a batch: pack written as ``*.h5.tmp``, fsynced, renamed, di
 fsynced, then the .idx; refs are only moved by the caller after ``commit()`` returns. A crash
 therefore leaves at worst temporary files: garbage, not damage.
 
+An object may be stored in several packs (head-first encoding writes a block's new encoding
+to a new pack; a repack copies objects). Every copy decodes to the same bytes; reads use the
+one in the newest pack (by the creation time in the name), and a repack drops the others.
+
 Every temporary file carries the *token* of the process that writes it
-(``pack-<uuid>.<token>.spool.tmp``), and that process holds an exclusive lock on
+(``pack-<name>.w<token>.spool.tmp``), and that process holds an exclusive lock on
 ``objects/writer-<token>.lock`` for as long as it lives. ``clean_temporaries`` removes a
 temporary file only when its writer's lock is free: the writer died (a crash, kill -9), never
 while a concurrent ``corafs commit`` is still writing it. It runs before the first write of
@@ -29,6 +34,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 import uuid
 from typing import Iterator, Optional
 
@@ -41,6 +47,18 @@ from .base import ObjectStore, ObjectWriter
 
 _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
 _DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
+
+
+def pack_order(name: str) -> tuple[int, str]:
+    """Sort key of a pack name: its creation time (``pack-<ns hex>-<random>``); packs named
+    before head-first encoding (``pack-<uuid>``) sort first."""
+    body = name[5:]
+    if len(body) > 17 and body[16] == "-":
+        try:
+            return int(body[:16], 16), name
+        except ValueError:
+            pass
+    return 0, name
 
 
 def fsync_path(path: str) -> None:
@@ -140,7 +158,8 @@ class _PackWriter:
     kernel), writes the object table, fsyncs and renames."""
 
     def __init__(self, directory: str, token: WriterToken):
-        self.name = f"pack-{uuid.uuid4().hex}"
+        # the time first: when two packs hold one object, the newer encoding is preferred
+        self.name = f"pack-{time.time_ns():016x}-{uuid.uuid4().hex[:16]}"
         self.token = token
         self.tmp = os.path.join(directory, f"{self.name}.w{token.token}.h5.tmp")
         self.spool_path = os.path.join(directory, f"{self.name}.w{token.token}.spool.tmp")
@@ -523,14 +542,21 @@ class LocalStore(ObjectStore):
         return table
 
     def _add_pack(self, name: str, table: np.ndarray) -> None:
+        """Index a pack's objects. An object stored in several packs (re-encoded, or copied
+        by a repack) is read from the newest pack: re-encoding only ever writes newer packs."""
         self._packs.add(name)
         if len(table) and table["id"][0] == _DATA_ROW:
             self._where[name] = (int(table["off"][0]), int(table["len"][0]))
             table = table[1:]
         self._tables[name] = table
         ids = table["id"].tolist()
+        key = pack_order(name)
+        index = self._index
         for oid, off, ln in zip(ids, table["off"].tolist(), table["len"].tolist()):
-            self._index.setdefault(oid.decode(), (name, off, ln))
+            oid = oid.decode()
+            cur = index.get(oid)
+            if cur is None or pack_order(cur[0]) < key:
+                index[oid] = (name, off, ln)
 
     def _locate(self, oid: str) -> tuple[str, int, int]:
         loc = self._index.get(oid)

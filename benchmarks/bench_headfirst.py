@@ -1,0 +1,173 @@
+"""Head-first encoding against forward deltas (today's baseline) and local disk, in one run
+(issue 9).
+
+A real fine-tuning run (a ~27M-parameter GPT-style transformer, 10 checkpoints, fp32 and bf16,
+``model.pth`` + ``model.safetensors`` each; benchmarks/transformer_run.py) is committed in order
+twice: head-first (the default: new versions stored whole, what they replace re-encoded as
+reverse deltas) and forward (``Tuning(head_first=False)``, the encoding before this change).
+Then, after drop_caches and on a fresh mount each time, the head and the oldest version are
+read through the mount and the same bytes from local disk.
+
+Prints: stored sizes (after repack), commit and re-encode speed, cold and warm ``cat`` ratios,
+cold ``torch.load`` (and ``mmap=True``) ratios, and the oldest version's read ratio.
+
+  python benchmarks/bench_headfirst.py [--kind fp32] [--ckpts /tmp/corafs-ckpts]
+"""
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from transformer_run import generate, parameters  # noqa: E402
+
+from corafs import Repository  # noqa: E402
+from corafs.config import DEFAULT  # noqa: E402
+
+
+def corafs(*args):
+    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def cat(path) -> float:
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+    return time.perf_counter() - t
+
+
+def timed_load(path, mmap) -> float:
+    code = ("import sys, time, torch\n"
+            "t = time.perf_counter()\n"
+            "sd = torch.load(sys.argv[1], weights_only=True, mmap=sys.argv[2] == '1')\n"
+            "s = sum(float(v.float().sum()) for v in sd.values())\n"
+            "print(time.perf_counter() - t)\n")
+    p = subprocess.run([sys.executable, "-c", code, path, "1" if mmap else "0"],
+                       capture_output=True, text=True, check=True)
+    return float(p.stdout.strip())
+
+
+def commit_series(repo_path, series, kind, tuning):
+    Repository.init(repo_path).close()
+    t_commit = t_re = 0.0
+    with Repository(repo_path, tuning=tuning) as r:
+        r.background_reencode = False
+        for i, files in enumerate(series):
+            t = time.perf_counter()
+            r.commit("main", {"model.pth": files[f"{kind}/model.pth"],
+                              "model.safetensors": files[f"{kind}/model.safetensors"]},
+                     message=f"checkpoint {i}")
+            t_commit += time.perf_counter() - t
+            t = time.perf_counter()
+            r.reencode()
+            t_re += time.perf_counter() - t
+        r.repack(grace=0)
+        st = r.stats()
+    return st, t_commit, t_re
+
+
+def reads(repo, mnt, files_head, files_old, n):
+    """(label, local seconds, mount seconds) per measurement."""
+    rows = []
+
+    def through_mount(fn):
+        corafs("mount", repo, mnt)
+        try:
+            drop_caches()
+            return fn()
+        finally:
+            corafs("umount", mnt)
+
+    st_head = files_head["model.safetensors"]
+    drop_caches()
+    rows.append(("cold cat head .safetensors", cat(st_head),
+                 through_mount(lambda: cat(os.path.join(mnt, "main", "model.safetensors")))))
+    # warm: the page cache dropped, the mount's decoded blocks and the local file warm
+    corafs("mount", repo, mnt)
+    try:
+        path = os.path.join(mnt, "main", "model.safetensors")
+        cat(path)
+        cat(st_head)
+        rows.append(("warm cat head .safetensors", min(cat(st_head) for _ in range(2)),
+                     min(cat(path) for _ in range(2))))
+    finally:
+        corafs("umount", mnt)
+    for mmap in (False, True):
+        drop_caches()
+        tl = timed_load(files_head["model.pth"], mmap)
+        tm = through_mount(lambda: timed_load(os.path.join(mnt, "main", "model.pth"), mmap))
+        rows.append((f"cold torch.load head .pth{' mmap' if mmap else ''}", tl, tm))
+    drop_caches()
+    rows.append((f"cold cat oldest (main~{n - 1})", cat(files_old["model.safetensors"]),
+                 through_mount(lambda: cat(os.path.join(mnt, f"main~{n - 1}",
+                                                        "model.safetensors")))))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--ckpts", default=os.path.join(tempfile.gettempdir(), "corafs-ckpts"))
+    ap.add_argument("--checkpoints", type=int, default=10)
+    ap.add_argument("--no-reads", action="store_true", help="sizes and speeds only")
+    a = ap.parse_args()
+    series = generate(a.ckpts, a.checkpoints)
+    work = tempfile.mkdtemp(prefix="corafs-bench-hf-", dir=os.environ.get("TMPDIR"))
+    try:
+        raw = sum(os.path.getsize(f[f"{a.kind}/model.{e}"]) for f in series
+                  for e in ("pth", "safetensors"))
+        res = {}
+        for label, tuning in (("forward (before)", dataclasses.replace(DEFAULT,
+                                                                      head_first=False)),
+                              ("head-first", DEFAULT)):
+            rp = os.path.join(work, label.split()[0])
+            res[label] = (rp, *commit_series(rp, series, a.kind, tuning))
+        print(f"{parameters() / 1e6:.1f}M-parameter transformer, {len(series)} checkpoints, "
+              f"{a.kind}, model.pth + model.safetensors: {raw / 1e6:.0f} MB in")
+        print(f"{'encoding':<18} {'stored MB':>10} {'on disk MB':>11} {'max depth':>9} "
+              f"{'head depth':>10} {'commit MB/s':>11} {'re-encode MB/s':>14}")
+        for label, (_rp, st, tc, tr) in res.items():
+            print(f"{label:<18} {(st.stored_bytes + st.meta_bytes) / 1e6:>10.1f} "
+                  f"{st.disk_bytes / 1e6:>11.1f} {st.max_depth:>9} {st.head_max_depth:>10} "
+                  f"{raw / 1e6 / tc:>11.0f} "
+                  f"{(raw / 1e6 / tr) if tr > 0.05 else float('nan'):>14.0f}")
+        (_, s_f, _, _), (_, s_h, _, _) = res["forward (before)"], res["head-first"]
+        print(f"stored size head-first / forward: "
+              f"{(s_h.stored_bytes + s_h.meta_bytes) / (s_f.stored_bytes + s_f.meta_bytes):.3f}")
+        if a.no_reads:
+            return
+        head = {"model.pth": series[-1][f"{a.kind}/model.pth"],
+                "model.safetensors": series[-1][f"{a.kind}/model.safetensors"]}
+        old = {"model.safetensors": series[0][f"{a.kind}/model.safetensors"]}
+        mnt = os.path.join(work, "mnt")
+        os.makedirs(mnt)
+        print(f"\n{'read (time; ratio = mount/local time)':<34} {'local':>8} "
+              f"{'forward':>8} {'ratio':>6} {'head-1st':>8} {'ratio':>6} {'aim':>10}")
+        aims = {"cold cat head": "<= 1.67", "warm cat head": "<= 1.25",
+                "cold torch.load": "<= 1.3", "cold cat oldest": "<= 4.0"}
+        rows_f = reads(res["forward (before)"][0], mnt, head, old, len(series))
+        rows_h = reads(res["head-first"][0], mnt, head, old, len(series))
+        for (label, tl, tf), (_l, tl2, th) in zip(rows_f, rows_h):
+            tl = min(tl, tl2)
+            aim = next((v for k, v in aims.items() if label.startswith(k)), "")
+            print(f"{label:<34} {tl:>7.3f}s {tf:>7.3f}s {tf / tl:>6.2f} {th:>7.3f}s "
+                  f"{th / tl:>6.2f} {aim:>10}")
+        print("(a time ratio of 1.67 is 0.6x the throughput; 1.25 is 0.8x; 4.0 is 0.25x)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,476 @@
+"""Head-first encoding: the newest version of a block is stored whole, history as deltas
+against newer versions (reverse deltas, as git packs do).
+
+A commit stores its new blocks as keyframes (ingest), so the version just committed reads
+without decoding any chain. What it replaced is re-encoded afterwards: every commit queues a
+*job* (``objects/reencode/<time>-<commit>.job``, written after the ref moved), and a job turns
+each block of the parent's version of every changed tensor into a delta against the block
+that replaced it. Objects are addressed by their decoded bytes, so a new encoding is just a
+newer copy of the same object (``LocalStore`` reads the newest pack's copy); no tree, recipe or
+commit changes, and a reader meets either encoding, both correct.
+
+Runs. A tensor manifest names the version it replaced (``prev``, set at ingest). The blocks of
+consecutive versions form a *run*: each a reverse delta against the next, the newest of the run
+a keyframe. A reverse delta's header depth is its position in the run from the oldest (1), so
+re-encoding the old head learns the run's length from the block just below it, one header
+read. A run grows to ``max_delta_depth - 1`` deltas; then the old head closes it: it becomes a
+far delta against the lineage's *root* (the keyframe below the run: the first run's closing
+block, which stays a keyframe), and a new run starts above it. So every version decodes
+through at most ``max_delta_depth`` deltas, and a long history holds two keyframes per block
+(the head and the root), as forward deltas anchored at the root held one.
+
+Per block the codec is chosen as at ingest (XOR, ordered subtraction, keyframe). When the block
+below the old head is a first-order delta against it, it is upgraded to second order
+(residual against ``2*old - new``: training moves weights in consistent directions) where that
+is smaller. Blocks of branch heads and tags stay keyframes: a block that any branch head or tag
+still holds is not re-encoded (it is, once nothing holds it: when the other branch moves on),
+and a run does not grow over a block a head or a tag holds, so a tagged version stays one
+delta away from a keyframe.
+
+Safety:
+* a block is re-encoded only against a keyframe, and only while it is a keyframe itself, so
+  no chain can loop; jobs run one at a time per repository (``objects/reencode/lock``, also
+  taken by repack so a copy never resurrects an old encoding);
+* every new encoding is decoded and checked against the object id before it is written;
+* a job's encodings land in one pack (durable on commit) before the job file is removed; a
+  crash leaves the job to run again (blocks already re-encoded are skipped) and its
+  temporaries to the next writer's cleanup;
+* after the jobs, packs whose bytes are mostly superseded encodings are rewritten
+  (``repack`` of duplicates only), so the space comes back without a manual gc.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import numpy as np
+
+from .. import codecs
+from ..dtypes import lookup
+from ..errors import CorafsError
+from ..store.local import atomic_write
+from . import tree
+from .objects import data_id
+
+JOBS = os.path.join("objects", "reencode")
+
+
+@dataclasses.dataclass
+class ReencodeReport:
+    jobs: int = 0
+    blocks: int = 0               # blocks re-encoded as reverse deltas
+    upgraded: int = 0             # reverse deltas upgraded to second order
+    bytes_before: int = 0         # stored bytes of those blocks before
+    bytes_after: int = 0
+    anchors: int = 0              # blocks left keyframes to bound a run
+    seconds: float = 0.0
+
+
+def _dir(repo) -> str:
+    return os.path.join(repo.path, JOBS)
+
+
+def enqueue(repo, cid: str) -> None:
+    """Queue the re-encoding of what commit ``cid`` replaced (after its ref moved)."""
+    d = _dir(repo)
+    os.makedirs(d, exist_ok=True)
+    atomic_write(os.path.join(d, f"{time.time_ns():016x}-{cid}.job"), cid.encode(),
+                 repo.store.token())
+
+
+def pending(repo) -> list[str]:
+    """Queued job files, oldest first."""
+    try:
+        names = os.listdir(_dir(repo))
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith(".job"))
+
+
+@contextlib.contextmanager
+def lock(repo, blocking: bool = True):
+    """One re-encoder (or repack) per repository at a time, across processes. Yields whether
+    the lock was taken (always, when blocking)."""
+    d = _dir(repo)
+    os.makedirs(d, exist_ok=True)
+    fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def run_pending(repo, cancel: Optional[threading.Event] = None, repack: bool = True,
+                blocking: bool = True) -> ReencodeReport:
+    """Run every queued job, then rewrite packs that are mostly superseded encodings.
+    ``cancel`` stops between blocks (the job stays queued). Without ``blocking``, returns at
+    once when another process holds the lock (it runs the queue)."""
+    rep = ReencodeReport()
+    t0 = time.perf_counter()
+    with lock(repo, blocking) as got:
+        if not got:
+            return rep
+        while True:
+            jobs = pending(repo)
+            if not jobs:
+                break
+            for name in jobs:
+                if cancel is not None and cancel.is_set():
+                    rep.seconds = time.perf_counter() - t0
+                    return rep
+                path = os.path.join(_dir(repo), name)
+                try:
+                    with open(path) as f:
+                        cid = f.read().strip()
+                except FileNotFoundError:
+                    continue
+                if not _Job(repo, cid, rep, cancel).run():
+                    rep.seconds = time.perf_counter() - t0
+                    return rep                     # cancelled: the job stays queued
+                rep.jobs += 1
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        if repack and rep.blocks + rep.upgraded:
+            from .gc import repack as _repack
+            _repack(repo, collect=False, grace=0.0, min_waste=repo.tuning.repack_waste,
+                    consolidate=False, _locked=True)
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+class _Job:
+    def __init__(self, repo, cid: str, rep: ReencodeReport,
+                 cancel: Optional[threading.Event]):
+        self.repo = repo
+        self.store = repo.store
+        self.cid = cid
+        self.rep = rep
+        self.cancel = cancel
+        self.t = repo.tuning
+        self._protected: Optional[set[str]] = None
+        self._lock = threading.Lock()
+
+    def run(self) -> bool:
+        """Re-encode; False when cancelled (nothing of this job is kept then)."""
+        try:
+            pairs = list(self._pairs())
+        except CorafsError:
+            return True            # the commit is gone or unreadable: nothing to do
+        if not pairs:
+            return True
+        w = self.store.writer()
+        try:
+            threads = max(1, min(self.t.workers, os.cpu_count() or 1))
+            with ThreadPoolExecutor(threads, thread_name_prefix="corafs-reencode") as ex:
+                futs = [ex.submit(self._block, w, *p) for p in pairs]
+                for f in futs:
+                    f.result()
+            if self.cancel is not None and self.cancel.is_set():
+                w.abort()
+                return False
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+        return True
+
+    # -- what to re-encode ----------------------------------------------------------------------
+    def _pairs(self):
+        """(dtype, old block, new block, block below old or None, its tensor) per changed
+        block of every tensor this commit replaced."""
+        repo = self.repo
+        c = repo.commit_obj(self.cid)
+        if not c.parents:
+            return
+        old_tree = repo.commit_obj(c.parents[0]).tree
+        for tm in self._new_tensors(c.tree, old_tree):
+            if tm["prev"] in self.protected():
+                continue        # still held (by this commit's other files, another branch's
+                                # head or a tag): heads and tags stay keyframes
+            try:
+                prev = repo.tensor_manifest(tm["prev"])
+            except CorafsError:
+                continue
+            if not _compatible(tm, prev) or not lookup(tm["dtype"]).is_float:
+                continue
+            below = below_tid = None
+            if prev.get("prev"):
+                try:
+                    below = repo.tensor_manifest(prev["prev"])
+                    below_tid = prev["prev"]
+                except CorafsError:
+                    below = None
+                if below is not None and not _compatible(prev, below):
+                    below = None
+            for i, (new_b, old_b) in enumerate(zip(tm["blocks"], prev["blocks"])):
+                if new_b[0] == old_b[0]:
+                    continue
+                pred = below["blocks"][i][0] if below is not None else None
+                yield tm["dtype"], old_b[0], new_b[0], pred, below_tid, i
+
+    def _new_tensors(self, new_tree: str, old_tree: str):
+        """Tensor manifests (with ``prev``) of the files that differ between the trees."""
+        repo = self.repo
+        seen: set[str] = set()
+        for e in _changed_files(repo, new_tree, old_tree):
+            if e.get("format") in (None, "opaque"):
+                continue
+            for t in repo.get_meta(e["id"]).get("tensors", []):
+                if t["id"] in seen:
+                    continue
+                seen.add(t["id"])
+                try:
+                    tm = repo.tensor_manifest(t["id"])
+                except CorafsError:
+                    continue
+                if tm.get("prev"):
+                    yield tm
+
+    def protected(self) -> set[str]:
+        """Tensor ids held by a branch head or a tag: a run does not grow over them."""
+        if self._protected is None:
+            out: set[str] = set()
+            repo = self.repo
+            roots = set(repo.branches().values()) | set(repo.tags().values()) | {self.cid}
+            cache = repo.__dict__.setdefault("_held_tensors", {})
+            for cid in roots:
+                ids = cache.get(cid)
+                if ids is None:
+                    try:
+                        ids = tree_tensor_ids(repo, repo.commit_obj(cid).tree)
+                    except CorafsError:
+                        continue
+                    if len(cache) > 256:
+                        cache.clear()
+                    cache[cid] = ids        # a commit never changes: cached by its id
+                out |= ids
+            self._protected = out
+        return self._protected
+
+    # -- one block --------------------------------------------------------------------------------
+    def _block(self, w, dtype: str, old: str, new: str, pred: Optional[str],
+               pred_tid: Optional[str], index: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            return
+        repo = self.repo
+        try:
+            h_new = repo.block_header(new)
+            h_old = repo.block_header(old)
+        except Exception:
+            return
+        if h_new.is_delta or h_old.is_delta:
+            return      # only a keyframe against a keyframe: no chain can loop
+        pos, h_pred = 1, None
+        if pred is not None:
+            try:
+                h_pred = repo.block_header(pred)
+            except Exception:
+                h_pred = None
+            if h_pred is not None and h_pred.reverse and h_pred.base_ids[:1] == [old]:
+                pos = h_pred.depth + 1
+            else:
+                h_pred = None
+        level = self.t.zstd_level
+        if pos >= self.t.max_delta_depth:
+            # the run is full: the old head closes it. It becomes a far delta against the
+            # keyframe below the run (the lineage's root) or, in the first run, stays a
+            # keyframe and is that root. Either way no read decodes through more than
+            # max_delta_depth deltas.
+            root = self._root(pred_tid, index, old)
+            with self._lock:
+                self.rep.anchors += 1
+            if root is None:
+                return
+            old_raw = _verified(repo, old)
+            root_raw = _verified(repo, root)
+            payload, codec, _d = codecs.encode_block(old_raw, dtype, level, root_raw, root, 0,
+                                                     256)
+            if not codecs.REGISTRY[codec].is_delta:
+                return
+            _check(payload, old, {root: root_raw})
+            before = self.store.size_of(old)
+            w.put(old, payload)
+            with self._lock:
+                self.rep.blocks += 1
+                self.rep.bytes_before += before
+                self.rep.bytes_after += len(payload)
+            return
+        if h_pred is not None and pred_tid in self.protected():
+            return      # the block below is a head's or a tag's: keep it one delta away
+        old_raw = _verified(repo, old)
+        new_raw = _verified(repo, new)
+        payload, codec, _d = codecs.encode_block(old_raw, dtype, level, new_raw, new, pos - 1,
+                                                 256, flags=codecs.REVERSE)
+        if not codecs.REGISTRY[codec].is_delta:
+            return      # a delta does not pay here: stays a keyframe
+        _check(payload, old, {new: new_raw})
+        before = self.store.size_of(old)
+        w.put(old, payload)
+        upgraded = 0
+        if h_pred is not None and codecs.REGISTRY[h_pred.codec].bases == 1 \
+                and not (self.cancel is not None and self.cancel.is_set()):
+            pred_raw = _decode(repo, pred, {old: old_raw})
+            p2, c2, _ = codecs.encode_block(pred_raw, dtype, level, old_raw, old,
+                                            h_pred.depth - 1, 256, base2=new_raw, base2_id=new,
+                                            flags=codecs.REVERSE)
+            size = self.store.size_of(pred)
+            if codecs.REGISTRY[c2].bases == 2 and len(p2) < size:
+                _check(p2, pred, {old: old_raw, new: new_raw})
+                w.put(pred, p2)
+                upgraded = size - len(p2)
+        with self._lock:
+            self.rep.blocks += 1
+            self.rep.bytes_before += before
+            self.rep.bytes_after += len(payload)
+            if upgraded:
+                self.rep.upgraded += 1
+                self.rep.bytes_before += upgraded
+
+
+    def _root(self, tid: Optional[str], index: int, old: str) -> Optional[str]:
+        """The keyframe below a full run: walk the run down through the tensor manifests'
+        ``prev`` to the block under its oldest delta, a keyframe (the root) or an earlier
+        run's closing far delta (whose base is the root)."""
+        repo = self.repo
+        for _ in range(4 * self.t.max_delta_depth):
+            if tid is None:
+                return None
+            try:
+                tm = repo.tensor_manifest(tid)
+                b = tm["blocks"][index][0]
+                h = repo.block_header(b)
+            except (CorafsError, IndexError, ValueError):
+                return None
+            if not h.is_delta:
+                return b if b != old else None
+            if not h.reverse:                       # an earlier run's closing far delta
+                root = h.base_ids[0]
+                try:
+                    return root if not repo.block_header(root).is_delta else None
+                except (CorafsError, ValueError):
+                    return None
+            tid = tm.get("prev")
+        return None
+
+
+def tree_tensor_ids(repo, tree_id: str) -> set[str]:
+    """Ids of every tensor of every checkpoint in a tree."""
+    out: set[str] = set()
+    for _p, e in tree.walk(repo, tree_id):
+        if e["kind"] == "file" and e.get("format") not in (None, "opaque"):
+            out.update(t["id"] for t in repo.get_meta(e["id"]).get("tensors", []))
+    return out
+
+
+def _compatible(a: dict, b: dict) -> bool:
+    return (a["dtype"] == b["dtype"] and a["nbytes"] == b["nbytes"]
+            and a.get("block_size") == b.get("block_size")
+            and len(a["blocks"]) == len(b["blocks"]))
+
+
+def _changed_files(repo, new_tree: str, old_tree: Optional[str]):
+    """File entries of ``new_tree`` that are not in ``old_tree`` as they are (subtrees with
+    the same id are skipped whole)."""
+    new = repo.get_meta(new_tree)["entries"]
+    old = repo.get_meta(old_tree)["entries"] if old_tree else {}
+    for name, e in new.items():
+        o = old.get(name)
+        if o is not None and o.get("id") == e.get("id"):
+            continue
+        if e["kind"] == "dir":
+            yield from _changed_files(repo, e["id"],
+                                      o["id"] if o is not None and o["kind"] == "dir" else None)
+        elif e["kind"] == "file":
+            yield e
+
+
+def _decode(repo, oid: str, bases: dict) -> np.ndarray:
+    """Decode a block without filling the read cache (a mount's cache is for its readers)."""
+    payload = repo.store.get(oid)
+    arr = codecs.decode_block(payload, lambda b: bases[b] if b in bases else repo.decoder.raw(b))
+    if data_id(arr) != oid:
+        raise CorafsError(f"block {oid} does not decode to its id: not re-encoding it")
+    return arr
+
+
+def _verified(repo, oid: str) -> np.ndarray:
+    cached = repo.cache.get(oid)
+    return cached if cached is not None else _decode(repo, oid, {})
+
+
+def _check(payload: bytes, oid: str, bases: dict) -> None:
+    """A new encoding must decode to the object's bytes before it replaces the old one."""
+    arr = codecs.decode_block(payload, lambda b: bases[b])
+    if data_id(arr) != oid:
+        raise CorafsError(f"re-encoding {oid} does not round-trip (a codec bug): not written")
+
+
+class Background:
+    """Runs the queue in a thread of its own (the mount daemon, the Python API): ``kick``
+    after each commit; ``close`` stops between blocks and leaves the rest queued."""
+
+    def __init__(self, repo):
+        self.repo = repo
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: Optional[threading.Thread] = None
+        self._mutex = threading.Lock()
+        self.last: Optional[ReencodeReport] = None
+        self.error: Optional[BaseException] = None
+
+    def kick(self) -> None:
+        with self._mutex:
+            if self._stop.is_set():
+                return
+            self._idle.clear()
+            self._wake.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="corafs-headfirst",
+                                                daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._wake.wait(timeout=5.0):
+                with self._mutex:
+                    if not self._wake.is_set():
+                        self._thread = None
+                        self._idle.set()
+                        return
+                continue
+            self._wake.clear()
+            try:
+                self.last = run_pending(self.repo, cancel=self._stop)
+                self.error = None
+            except Exception as e:   # reported by status; the jobs stay queued
+                self.error = e
+            with self._mutex:
+                if not self._wake.is_set():
+                    self._idle.set()
+        self._idle.set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Until the queue this object was kicked for is done."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        t = self._thread
+        if t is not None:
+            t.join()

@@ -1,0 +1,250 @@
+"""Head-first encoding (issue 9, item 1): the version just committed is stored whole, what it
+replaced becomes reverse deltas afterwards, chains stay bounded, nothing is ever lost."""
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from conftest import SMALL, run_cli, sha256_bytes, sha256_file
+from corafs import Repository
+from corafs.core import headfirst
+from corafs.core.stats import chain_depth
+from mountutil import mounted, needs_fuse, settled, wait_for
+
+
+def _version(path, w, seed, noise=1e-3):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(1 << 17, dtype=np.float32) if w is None else \
+        w + rng.standard_normal(w.size, dtype=np.float32) * noise
+    safetensors.numpy.save_file({"a": w.reshape(-1, 128), "b": (w[:4096] * 2).copy()},
+                                str(path))
+    return w
+
+
+def _blocks(repo, spec):
+    """Data block ids of the tensors of one file version."""
+    _cid, _path, e = repo.resolve_path(spec)
+    out = []
+    for t in repo.get_meta(e["id"])["tensors"]:
+        out += [b[0] for b in repo.tensor_manifest(t["id"])["blocks"]]
+    return out
+
+
+def _depths(repo, spec):
+    memo = {}
+    return [chain_depth(repo, b, memo) for b in _blocks(repo, spec)]
+
+
+def _commit_series(repo, work, n, branch="main"):
+    want, w = {}, None
+    for v in range(n):
+        p = work / f"v{v}.safetensors"
+        w = _version(p, w, v)
+        cid = repo.commit(branch, {"model.safetensors": str(p)}, message=f"v{v}").commit
+        # right after the commit returned: the new head is keyframes
+        assert _depths(repo, f"{cid}:model.safetensors") == \
+            [0] * len(_blocks(repo, f"{cid}:model.safetensors"))
+        want[cid] = sha256_file(p)
+    return want
+
+
+def _all_exact(repo, want):
+    for cid, sha in want.items():
+        assert sha256_bytes(repo.read_file(f"{cid}:model.safetensors")) == sha, cid
+
+
+def test_api_head_is_keyframes_and_history_becomes_reverse_deltas(tmp_path, work):
+    repo = Repository.init(str(tmp_path / "r"), tuning=SMALL)
+    try:
+        want = _commit_series(repo, work, 4)
+        assert repo.wait_reencode(60)
+        cids = list(want)
+        assert set(_depths(repo, f"{cids[-1]}:model.safetensors")) == {0}
+        # every earlier version is now a chain of deltas against newer versions
+        for i, cid in enumerate(cids[:-1]):
+            d = _depths(repo, f"{cid}:model.safetensors")
+            assert max(d) == len(cids) - 1 - i, (i, d)
+            for b in _blocks(repo, f"{cid}:model.safetensors")[:5]:
+                h = repo.block_header(b)
+                assert h.reverse and h.is_delta
+        _all_exact(repo, want)
+        st = repo.stats()
+        assert st.reverse_deltas > 0 and st.head_max_depth == 0 and st.pending_jobs == 0
+        # superseded keyframes were dropped on their own: the disk holds about what is stored
+        assert st.disk_bytes < 1.25 * (st.stored_bytes + st.meta_bytes)
+        assert repo.fsck().ok
+    finally:
+        repo.close()
+    # a fresh process reads the newest encodings
+    with Repository(str(tmp_path / "r")) as r:
+        _all_exact(r, want)
+
+
+def test_chains_stay_bounded_over_a_long_history(tmp_path, work):
+    t = dataclasses.replace(SMALL, max_delta_depth=3)
+    repo = Repository.init(str(tmp_path / "r"), tuning=t)
+    try:
+        repo.background_reencode = False
+        want = {}
+        w = None
+        for v in range(11):
+            p = work / "m.safetensors"
+            w = _version(p, w, v)
+            want[repo.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+            repo.reencode()
+        depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in want]
+        assert max(depths) <= 3, depths
+        assert depths[-1] == 0
+        # runs are closed by far deltas against the lineage's root, not by new keyframes:
+        # two keyframes per block position (the root and the head)
+        st = repo.stats()
+        assert st.keyframes <= 2 * len(_blocks(repo, "main:model.safetensors")) + 2, st
+        _all_exact(repo, want)
+        assert repo.fsck().ok
+        # a repack keeps every version exact
+        repo.repack(grace=0)
+        _all_exact(repo, want)
+    finally:
+        repo.close()
+
+
+def test_tagged_versions_stay_one_delta_from_a_keyframe(tmp_path, work):
+    repo = Repository.init(str(tmp_path / "r"), tuning=SMALL)
+    try:
+        repo.background_reencode = False
+        want = _commit_series(repo, work, 2)
+        repo.reencode()
+        tagged = list(want)[-1]
+        repo.create_tag("release", tagged)
+        w = None
+        for v in range(3):
+            p = work / "later.safetensors"
+            w = _version(p, w, 50 + v) if w is not None else _version(p, None, 1)
+            want[repo.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+            repo.reencode()
+        assert max(_depths(repo, "release:model.safetensors")) <= 1
+        assert repo.stats().head_max_depth <= 1
+        _all_exact(repo, want)
+    finally:
+        repo.close()
+
+
+def test_cli_commit_reencodes_before_it_exits(tmp_path, work):
+    repo = tmp_path / "r"
+    run_cli("init", repo)
+    want, w = {}, None
+    for v in range(3):
+        p = work / "model.safetensors"
+        w = _version(p, w, v)
+        run_cli("commit", repo, p, "-m", f"v{v}")
+        with Repository(str(repo)) as r:
+            want[r.head("main")] = sha256_file(p)
+    with Repository(str(repo)) as r:
+        assert headfirst.pending(r) == []
+        cids = list(want)
+        assert set(_depths(r, "main:model.safetensors")) == {0}
+        assert max(_depths(r, f"{cids[0]}:model.safetensors")) == 2
+        _all_exact(r, want)
+    out = run_cli("show", repo, f"{cids[0]}:model.safetensors").stdout
+    assert "reverse delta" in out and "depth 2" in out
+    assert "keyframe" in run_cli("show", repo, "main:model.safetensors").stdout
+    assert "of them reverse" in run_cli("stats", repo).stdout
+
+
+def test_killed_reencoding_is_finished_by_the_next_command(tmp_path, work):
+    """kill -9 at random points of re-encoding and its repack: fsck clean every time, every
+    version exact, and the queue finished later."""
+    repo = tmp_path / "r"
+    with Repository.init(str(repo), tuning=SMALL) as r:
+        r.background_reencode = False
+        want = {}
+        w = None
+        for v in range(3):
+            p = work / f"v{v}.safetensors"
+            w = _version(p, w, v, noise=1e-2)
+            want[r.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+    rng = random.Random(4)
+    script = ("import sys; from corafs import Repository; from tests_conftest_tuning import T; "
+              "r = Repository(sys.argv[1], tuning=T); r.reencode()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(work), os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    (work / "tests_conftest_tuning.py").write_text(
+        "from conftest import SMALL as T\n")
+    for trial in range(20):
+        p = work / f"n{trial}.safetensors"
+        w = _version(p, w, 100 + trial, noise=1e-2)
+        with Repository(str(repo), tuning=SMALL) as r:
+            r.background_reencode = False
+            want[r.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+        proc = subprocess.Popen([sys.executable, "-c", script, str(repo)], env=env)
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        fs = run_cli("fsck", repo, check=False)
+        assert fs.returncode == 0, fs.stdout + fs.stderr
+        with Repository(str(repo), tuning=SMALL) as r:
+            _all_exact(r, want)
+    with Repository(str(repo), tuning=SMALL) as r:
+        r.reencode()
+        assert headfirst.pending(r) == []
+        assert r.stats().head_max_depth == 0
+        _all_exact(r, want)
+    fs = run_cli("fsck", repo, check=False)
+    assert fs.returncode == 0 and "garbage" not in fs.stdout, fs.stdout
+
+
+def test_reader_holding_a_file_reads_on_across_reencoding(tmp_path, work):
+    repo = Repository.init(str(tmp_path / "r"), tuning=SMALL)
+    try:
+        repo.background_reencode = False
+        want = _commit_series(repo, work, 2)
+        first = list(want)[0]
+        f = repo.open(f"{first}:model.safetensors")
+        part = f.read(1000)
+        repo.reencode()             # re-encodes and rewrites the pack f was reading
+        with Repository(str(tmp_path / "r"), tuning=SMALL) as other:
+            assert max(_depths(other, f"{first}:model.safetensors")) == 1
+        rest = f.read()
+        assert sha256_bytes(part + rest) == want[first]
+    finally:
+        repo.close()
+
+
+@needs_fuse
+@pytest.mark.mount
+def test_mount_commit_is_keyframes_and_the_daemon_reencodes(fresh, work):
+    repo, mnt = fresh
+    w = None
+    want = {}
+    with mounted(repo, mnt):
+        for v in range(3):
+            p = work / "model.safetensors"
+            w = _version(p, w, v)
+            with open(p, "rb") as src, open(mnt / "main" / "model.safetensors", "wb") as dst:
+                dst.write(src.read())
+            assert wait_for(lambda: settled(repo), timeout=60)
+            with Repository(str(repo)) as r:
+                cid = r.head("main")
+                want[cid] = sha256_file(p)
+                assert set(_depths(r, f"{cid}:model.safetensors")) == {0}
+        # the daemon re-encodes in the background: wait for the condition, not a time
+        first = list(want)[0]
+
+        def reencoded():
+            with Repository(str(repo)) as r:
+                return not headfirst.pending(r) and \
+                    max(_depths(r, f"{first}:model.safetensors")) == 2
+        assert wait_for(reencoded, timeout=60), "the daemon did not re-encode"
+        for cid, sha in want.items():
+            assert sha256_file(mnt / "@commits" / cid / "model.safetensors") == sha
+        assert sha256_file(mnt / "main" / "model.safetensors") == list(want.values())[-1]
+    with Repository(str(repo)) as r:
+        _all_exact(r, want)
+        assert r.fsck().ok

@@ -31,6 +31,11 @@ class Tuning:
     #: version reads fastest. False: forward deltas at ingest (the newest version is the end
     #: of the chain), kept as the baseline the benchmarks compare against.
     head_first: bool = True
+    #: how head-first stores the float blocks of a new version: "raw" reads at the speed of
+    #: the disk (decoding is a copy); they are compressed (or become deltas) once a newer
+    #: version replaces them. "planes-zstd" compresses the head too (a smaller store, a
+    #: decode per block).
+    head_codec: str = "raw"
     #: after re-encoding, a pack is rewritten (superseded encodings dropped) once at least
     #: this fraction of its bytes is superseded.
     repack_waste: float = 0.25

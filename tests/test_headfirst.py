@@ -102,6 +102,14 @@ def test_chains_stay_bounded_over_a_long_history(tmp_path, work):
         depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in want]
         assert max(depths) <= 3, depths
         assert depths[-1] == 0
+        # the head's float blocks are stored raw (reading them is a copy); every block that
+        # stopped being the head was compressed or became a delta
+        cids = list(want)
+        assert {repo.block_header(b).codec
+                for b in _blocks(repo, f"{cids[-1]}:model.safetensors")} == {"raw"}
+        for c in cids[:-1]:
+            assert "raw" not in {repo.block_header(b).codec
+                                 for b in _blocks(repo, f"{c}:model.safetensors")}, c
         # runs are closed by far deltas against the lineage's root, not by new keyframes:
         # two keyframes per block position (the root and the head)
         st = repo.stats()

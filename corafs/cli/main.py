@@ -269,8 +269,9 @@ def _reencode(repo) -> None:
         print("note: re-encoding of the previous version interrupted; it stays queued",
               file=sys.stderr)
         return
-    if rep.blocks:
-        print(f" previous version re-encoded as deltas: {rep.blocks} block(s), "
+    if rep.blocks or rep.compressed:
+        print(f" previous version re-encoded: {rep.blocks} block(s) as deltas, "
+              f"{rep.compressed} compressed, "
               f"{fmt.size(rep.bytes_before)} -> {fmt.size(rep.bytes_after)}")
 
 

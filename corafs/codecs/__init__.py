@@ -60,7 +60,8 @@ class Raw(Codec):
         return raw.tobytes()
 
     def decode(self, body, dt, raw_len, base):
-        return np.frombuffer(body, dtype=np.uint8).copy()
+        # no copy: a view of the payload (read-only; nothing decodes in place into a base)
+        return np.frombuffer(body, dtype=np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Head-first encoding: the newest version of a block is stored whole, history as deltas
 against newer versions (reverse deltas, as git packs do).
 
-A commit stores its new blocks as keyframes (ingest), so the version just committed reads
+A commit stores its new float blocks as keyframes (ingest; ``Tuning.head_codec``: raw by
+default, so reading the head is a copy, not a decode), so the version just committed reads
 without decoding any chain. What it replaced is re-encoded afterwards: every commit queues a
 *job* (``objects/reencode/<time>-<commit>.job``, written after the ref moved), and a job turns
 each block of the parent's version of every changed tensor into a delta against the block
@@ -19,7 +20,8 @@ block, which stays a keyframe), and a new run starts above it. So every version 
 through at most ``max_delta_depth`` deltas, and a long history holds two keyframes per block
 (the head and the root), as forward deltas anchored at the root held one.
 
-Per block the codec is chosen as at ingest (XOR, ordered subtraction, keyframe). When the block
+A head block that stays a keyframe once replaced (a run's root, or no delta pays) is
+compressed then (planes + zstd). Per block the delta codec is chosen as at ingest (XOR, ordered subtraction, keyframe). When the block
 below the old head is a first-order delta against it, it is upgraded to second order
 (residual against ``2*old - new``: training moves weights in consistent directions) where that
 is smaller. Blocks of branch heads and tags stay keyframes: a block that any branch head or tag
@@ -68,7 +70,8 @@ class ReencodeReport:
     upgraded: int = 0             # reverse deltas upgraded to second order
     bytes_before: int = 0         # stored bytes of those blocks before
     bytes_after: int = 0
-    anchors: int = 0              # blocks left keyframes to bound a run
+    anchors: int = 0              # blocks that closed a run (far delta or root keyframe)
+    compressed: int = 0           # raw head keyframes compressed once no longer the head
     seconds: float = 0.0
 
 
@@ -143,7 +146,7 @@ def run_pending(repo, cancel: Optional[threading.Event] = None, repack: bool = T
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
-        if repack and rep.blocks + rep.upgraded:
+        if repack and rep.blocks + rep.upgraded + rep.compressed:
             from .gc import repack as _repack
             _repack(repo, collect=False, grace=0.0, min_waste=repo.tuning.repack_waste,
                     consolidate=False, _locked=True)
@@ -293,13 +296,13 @@ class _Job:
             with self._lock:
                 self.rep.anchors += 1
             if root is None:
-                return
+                return self._compress(w, old, dtype, h_old)
             old_raw = _verified(repo, old)
             root_raw = _verified(repo, root)
             payload, codec, _d = codecs.encode_block(old_raw, dtype, level, root_raw, root, 0,
                                                      256)
             if not codecs.REGISTRY[codec].is_delta:
-                return
+                return self._compress(w, old, dtype, h_old)
             _check(payload, old, {root: root_raw})
             before = self.store.size_of(old)
             w.put(old, payload)
@@ -309,13 +312,15 @@ class _Job:
                 self.rep.bytes_after += len(payload)
             return
         if h_pred is not None and pred_tid in self.protected():
-            return      # the block below is a head's or a tag's: keep it one delta away
+            # the block below is a head's or a tag's: keep it one delta away
+            return self._compress(w, old, dtype, h_old)
         old_raw = _verified(repo, old)
         new_raw = _verified(repo, new)
         payload, codec, _d = codecs.encode_block(old_raw, dtype, level, new_raw, new, pos - 1,
                                                  256, flags=codecs.REVERSE)
         if not codecs.REGISTRY[codec].is_delta:
-            return      # a delta does not pay here: stays a keyframe
+            # a delta does not pay here: stays a keyframe
+            return self._compress(w, old, dtype, h_old, old_raw)
         _check(payload, old, {new: new_raw})
         before = self.store.size_of(old)
         w.put(old, payload)
@@ -339,6 +344,22 @@ class _Job:
                 self.rep.upgraded += 1
                 self.rep.bytes_before += upgraded
 
+
+    def _compress(self, w, oid: str, dtype: str, h, raw=None) -> None:
+        """A block that stays a keyframe but is no longer a head's: stored raw for reading
+        speed while it was the newest version, it is compressed now."""
+        if h.codec != "raw":
+            return
+        raw = _verified(self.repo, oid) if raw is None else raw
+        payload, codec, _d = codecs.encode_block(raw, dtype, self.t.zstd_level)
+        if codec == "raw":
+            return
+        _check(payload, oid, {})
+        w.put(oid, payload)
+        with self._lock:
+            self.rep.compressed += 1
+            self.rep.bytes_before += h.raw_len
+            self.rep.bytes_after += len(payload)
 
     def _root(self, tid: Optional[str], index: int, old: str) -> Optional[str]:
         """The keyframe below a full run: walk the run down through the tensor manifests'

@@ -21,6 +21,7 @@ import numpy as np
 from .. import codecs, formats
 from ..errors import CorafsError, IngestCancelled
 from ..codecs.lossy import LOSSY_DTYPES
+from ..dtypes import lookup
 from . import simindex
 from .objects import data_id, tensor_hasher
 
@@ -278,8 +279,12 @@ class Ingestor:
             except Exception:   # an unreadable reference only costs compression
                 base_raw = base_id = base2_raw = base2_id = None
                 depth = 0
+        head = None
+        if base_raw is None and self.t.head_first and dtype != _CHUNK_DTYPE \
+                and lookup(dtype).is_float:
+            head = self.t.head_codec        # the newest version: stored for reading speed
         payload, codec, d = codecs.encode_block(buf, dtype, self.t.zstd_level, base_raw, base_id,
-                                                depth, self.t.max_delta_depth,
+                                                depth, self.t.max_delta_depth, codec=head,
                                                 base2=base2_raw, base2_id=base2_id)
         self.writer.put(oid, payload)
         with self._lock:

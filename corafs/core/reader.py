@@ -154,15 +154,21 @@ class FileReader:
     def extent_at(self, offset: int) -> int:
         return int(np.searchsorted(self.starts, offset, side="right")) - 1
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int, view: bool = False):
+        """``size`` bytes from ``offset`` (fewer at the end). With ``view``, a read-only
+        buffer that may share memory with the decoded object (no copy: the mount hands it to
+        the kernel as it is)."""
         if offset >= self.size or size <= 0:
             return b""
         end = min(self.size, offset + size)
         i = self.extent_at(offset)
         start = int(self.starts[i])
-        if end <= start + int(self.lens[i]):       # inside one extent: one copy
+        if end <= start + int(self.lens[i]):       # inside one extent: one copy, or none
             o = int(self.offs[i]) + offset - start
-            return self.decoder.raw(self.objs[i])[o:o + end - offset].tobytes()
+            obj = self.decoder.raw(self.objs[i])
+            if view:
+                return memoryview(obj)[o:o + end - offset]
+            return obj[o:o + end - offset].tobytes()
         out = bytearray(end - offset)
         mv = memoryview(out)
         pos = offset
@@ -176,9 +182,9 @@ class FileReader:
             mv[pos - offset:pos - offset + (b - a)] = obj[o + a:o + b]
             pos += b - a
             i += 1
-        return bytes(out)
+        return out if view else bytes(out)
 
-    def read_cached(self, offset: int, size: int) -> Optional[bytes]:
+    def read_cached(self, offset: int, size: int, view: bool = False):
         """The bytes if every object the range needs is already decoded, else None (so a
         caller on an event loop can answer without a thread hand-off)."""
         if offset >= self.size or size <= 0:
@@ -186,7 +192,7 @@ class FileReader:
         for oid in self.objects_for(offset, size):
             if not self.decoder.cache.contains(oid):
                 return None
-        return self.read(offset, size)
+        return self.read(offset, size, view)
 
     def objects_for(self, offset: int, size: int) -> list[str]:
         """Ids of the objects a read of this range touches (for prefetch)."""

@@ -257,9 +257,10 @@ class Operations(pyfuse3.Operations):
         if w is not None:
             return os.pread(w.fd, size, off)
         h = self.files[fh]
-        data = h.reader.read_cached(off, size)      # decoded ahead: answer inline
+        # decoded ahead: answer inline, handing the kernel a view of the decoded block
+        data = h.reader.read_cached(off, size, view=True)
         if data is None:
-            data = await self._run(h.reader.read, off, size)
+            data = await self._run(h.reader.read, off, size, True)
         self.reads += 1
         self.read_bytes += len(data)
         self._prefetch(h, off, len(data))

@@ -88,13 +88,13 @@ class SpoolReader:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int, view: bool = False) -> bytes:
         return os.pread(self.fd, size, offset)
 
     def objects_for(self, offset: int, size: int) -> list:
         return []
 
-    def read_cached(self, offset: int, size: int) -> None:
+    def read_cached(self, offset: int, size: int, view: bool = False) -> None:
         return None
 
     def close(self) -> None:

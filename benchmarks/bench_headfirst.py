@@ -11,7 +11,10 @@ read through the mount and the same bytes from local disk.
 Prints: stored sizes (after repack), commit and re-encode speed, cold and warm ``cat`` ratios,
 cold ``torch.load`` (and ``mmap=True``) ratios, and the oldest version's read ratio.
 
-  python benchmarks/bench_headfirst.py [--kind fp32] [--ckpts /tmp/corafs-ckpts]
+Then today's 1 GiB case: a 1 GiB state dict committed twice, commit and re-encode speed and
+cold reads of both versions, head-first against forward.
+
+  python benchmarks/bench_headfirst.py [--kind fp32] [--ckpts /tmp/corafs-ckpts] [--big-mib 1024]
 """
 import argparse
 import dataclasses
@@ -116,12 +119,68 @@ def reads(repo, mnt, files_head, files_old, n):
     return rows
 
 
+def big(work, mib):
+    """Today's 1 GiB case: a state dict of ``mib`` MiB committed twice (a fine-tune step),
+    head-first against forward; commit and re-encode speed, cold cat of head and of head~1."""
+    import numpy as np
+    import safetensors.numpy
+    rng = np.random.default_rng(0)
+    n = mib // 16
+    v1 = {f"layer{i}.weight": (rng.standard_normal((2048, 2048), dtype=np.float32) * 0.02)
+          for i in range(n)}
+    v2 = {k: t + rng.standard_normal(t.shape, dtype=np.float32) * 1e-4 for k, t in v1.items()}
+    paths = []
+    for i, sd in enumerate((v1, v2)):
+        p = os.path.join(work, f"v{i}.safetensors")
+        safetensors.numpy.save_file(sd, p)
+        paths.append(p)
+    size = os.path.getsize(paths[-1])
+    mnt = os.path.join(work, "mnt")
+    os.makedirs(mnt, exist_ok=True)
+    print(f"\n{size / 2**30:.2f} GiB state dict, two versions (fp32, a fine-tune step apart)")
+    print(f"{'encoding':<18} {'commit MB/s':>11} {'re-encode MB/s':>14} {'cold head MB/s':>14} "
+          f"{'ratio':>6} {'cold head~1 MB/s':>16} {'ratio':>6}")
+    drop_caches()
+    t_local = cat(paths[-1])
+    for label, tuning in (("forward (before)", dataclasses.replace(DEFAULT, head_first=False)),
+                          ("head-first", DEFAULT)):
+        rp = os.path.join(work, "big-" + label.split()[0])
+        Repository.init(rp).close()
+        with Repository(rp, tuning=tuning) as r:
+            r.background_reencode = False
+            r.commit("main", {"model.safetensors": paths[0]})
+            r.reencode()
+            t = time.perf_counter()
+            r.commit("main", {"model.safetensors": paths[1]})
+            tc = time.perf_counter() - t
+            t = time.perf_counter()
+            r.reencode()
+            tr = time.perf_counter() - t
+        speeds = []
+        for spec in ("main", "main~1"):
+            corafs("mount", rp, mnt)
+            try:
+                drop_caches()
+                speeds.append(size / cat(os.path.join(mnt, spec, "model.safetensors")))
+            finally:
+                corafs("umount", mnt)
+        local = size / t_local
+        print(f"{label:<18} {size / 1e6 / tc:>11.0f} "
+              f"{(size / 1e6 / tr) if tr > 0.05 else float('nan'):>14.0f} "
+              f"{speeds[0] / 1e6:>14.0f} {speeds[0] / local:>6.2f} {speeds[1] / 1e6:>16.0f} "
+              f"{speeds[1] / local:>6.2f}")
+        shutil.rmtree(rp)
+    print(f"(local disk, cold: {size / t_local / 1e6:.0f} MB/s; ratio = throughput / local)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--ckpts", default=os.path.join(tempfile.gettempdir(), "corafs-ckpts"))
     ap.add_argument("--checkpoints", type=int, default=10)
     ap.add_argument("--no-reads", action="store_true", help="sizes and speeds only")
+    ap.add_argument("--big-mib", type=int, default=1024,
+                    help="size of the single-file case (0: skip it)")
     a = ap.parse_args()
     series = generate(a.ckpts, a.checkpoints)
     work = tempfile.mkdtemp(prefix="corafs-bench-hf-", dir=os.environ.get("TMPDIR"))
@@ -165,6 +224,8 @@ def main():
             print(f"{label:<34} {tl:>7.3f}s {tf:>7.3f}s {tf / tl:>6.2f} {th:>7.3f}s "
                   f"{th / tl:>6.2f} {aim:>10}")
         print("(a time ratio of 1.67 is 0.6x the throughput; 1.25 is 0.8x; 4.0 is 0.25x)")
+        if a.big_mib:
+            big(work, a.big_mib)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

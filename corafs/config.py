@@ -31,11 +31,14 @@ class Tuning:
     #: version reads fastest. False: forward deltas at ingest (the newest version is the end
     #: of the chain), kept as the baseline the benchmarks compare against.
     head_first: bool = True
-    #: how head-first stores the float blocks of a new version: "raw" reads at the speed of
-    #: the disk (decoding is a copy); they are compressed (or become deltas) once a newer
-    #: version replaces them. "planes-zstd" compresses the head too (a smaller store, a
-    #: decode per block).
-    head_codec: str = "raw"
+    #: how head-first stores the blocks of a new version: "raw" reads at the speed of the
+    #: disk (decoding is a copy); they are compressed (or become deltas) once a newer version
+    #: replaces them. "planes-zstd" compresses the head too (a smaller store, a decode per
+    #: block). "auto": compressed, unless that keeps more than ``head_raw_above`` of the
+    #: bytes, then raw. Measured on a fine-tune: fp32 keyframes keep 0.84 (raw costs little,
+    #: reads 1.9x faster), bf16 0.68 (raw would cost +24% of the series' store).
+    head_codec: str = "auto"
+    head_raw_above: float = 0.8
     #: after re-encoding, a pack is rewritten (superseded encodings dropped) once at least
     #: this fraction of its bytes is superseded.
     repack_waste: float = 0.25

@@ -88,7 +88,7 @@ def test_api_head_is_keyframes_and_history_becomes_reverse_deltas(tmp_path, work
 
 
 def test_chains_stay_bounded_over_a_long_history(tmp_path, work):
-    t = dataclasses.replace(SMALL, max_delta_depth=3)
+    t = dataclasses.replace(SMALL, max_delta_depth=3, head_codec="raw")
     repo = Repository.init(str(tmp_path / "r"), tuning=t)
     try:
         repo.background_reencode = False
@@ -102,8 +102,8 @@ def test_chains_stay_bounded_over_a_long_history(tmp_path, work):
         depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in want]
         assert max(depths) <= 3, depths
         assert depths[-1] == 0
-        # the head's float blocks are stored raw (reading them is a copy); every block that
-        # stopped being the head was compressed or became a delta
+        # the head's float blocks are stored raw here (reading them is a copy); every block
+        # that stopped being the head was compressed or became a delta
         cids = list(want)
         assert {repo.block_header(b).codec
                 for b in _blocks(repo, f"{cids[-1]}:model.safetensors")} == {"raw"}

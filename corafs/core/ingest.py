@@ -281,11 +281,16 @@ class Ingestor:
                 depth = 0
         head = None
         if base_raw is None and self.t.head_first and dtype != _CHUNK_DTYPE \
-                and lookup(dtype).is_float:
+                and lookup(dtype).is_float and self.t.head_codec != "auto":
             head = self.t.head_codec        # the newest version: stored for reading speed
         payload, codec, d = codecs.encode_block(buf, dtype, self.t.zstd_level, base_raw, base_id,
                                                 depth, self.t.max_delta_depth, codec=head,
                                                 base2=base2_raw, base2_id=base2_id)
+        if base_raw is None and self.t.head_first and self.t.head_codec == "auto" \
+                and codec == "planes-zstd" and len(payload) > self.t.head_raw_above * buf.size:
+            # compression saves little here: the newest version is stored raw (a read is a
+            # copy, not a decode); it is compressed once a newer version replaces it
+            payload, codec, d = codecs.encode_block(buf, dtype, self.t.zstd_level, codec="raw")
         self.writer.put(oid, payload)
         with self._lock:
             self._new_bytes += len(payload)

@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "endpoint_url", None):
+        os.environ["CORAFS_S3_ENDPOINT_URL"] = args.endpoint_url   # a mount daemon inherits it
     try:
         code = args.func(args) or 0
         sys.stdout.flush()
@@ -54,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name, func, help):
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func, command_name=name)
+        sp.add_argument("--endpoint-url", metavar="URL",
+                        help="S3-compatible service for s3:// repositories (default: AWS, or "
+                             "AWS_ENDPOINT_URL); credentials come from the usual AWS "
+                             "environment variables and config files")
         return sp
 
     sp = cmd("init", cmd_init, "create a repository")
@@ -190,7 +196,7 @@ def open_repo(path: str) -> Repository:
 # -- commands ---------------------------------------------------------------------------------
 def cmd_init(a):
     repo = Repository.init(a.repo, a.default_branch, a.author)
-    print(f"Initialized empty corafs repository in {repo.path} (branch {repo.default_branch})")
+    print(f"Initialized empty corafs repository in {repo.url} (branch {repo.default_branch})")
     repo.close()
 
 

@@ -70,10 +70,11 @@ def cmd_status(a):
     from ..core import Repository
     from ..daemon import MountLock
     from ..view.staging import status_lines
+    from ..core.repository import state_dir
     Repository(a.repo).close()
     holder = MountLock(a.repo).holder()
     print(f"mounted: {holder}" if holder else "not mounted")
-    lines = status_lines(a.repo)
+    lines = status_lines(state_dir(a.repo))
     for line in lines:
         print(line)
     if not lines:

@@ -24,6 +24,7 @@ from ..config import DEFAULT, Tuning
 from ..errors import (AmbiguousRevision, CorafsError, IngestCancelled, NotARepository,
                       NotFound, RefConflict, RefExists, RepositoryExists)
 from ..store import LocalStore, ObjectStore
+from ..store import s3
 from . import headfirst, revparse, tree
 from .ingest import Ingestor, IngestResult
 from .objects import canonical, decode_meta, encode_meta, meta_id
@@ -56,17 +57,40 @@ class CommitResult:
     retries: int = 0
 
 
+def state_dir(spec: str) -> str:
+    """This machine's directory for a repository: the repository itself when it is local, a
+    cache directory for an ``s3://`` one (mount staging, logs, caches live there)."""
+    return s3.local_dir(spec) if s3.is_url(spec) else os.path.abspath(spec)
+
+
 class Repository:
     def __init__(self, path: str, tuning: Tuning = DEFAULT, store: Optional[ObjectStore] = None):
-        self.path = os.path.abspath(path)
-        cfg = os.path.join(self.path, CONFIG)
-        if not os.path.isfile(cfg):
-            raise NotARepository(path)
-        try:
-            with open(cfg) as f:
-                self.config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise NotARepository(f"{path} ({e})") from None
+        #: where the repository is: a local directory, or an ``s3://bucket/prefix`` URL
+        self.url = path if s3.is_url(path) else os.path.abspath(path)
+        if s3.is_url(path):
+            # a remote repository: objects and refs in the bucket; this machine's own state
+            # (mount staging, caches, logs) in a local directory. Forward deltas: head-first
+            # re-encoding needs a lock across machines, which remote stores do not have yet.
+            tuning = dataclasses.replace(tuning, head_first=False)
+            store = store if store is not None else s3.S3Store(path, tuning)
+            self.path = store.local
+            raw = store.get_config()
+            if raw is None:
+                raise NotARepository(path)
+            try:
+                self.config = json.loads(raw)
+            except ValueError as e:
+                raise NotARepository(f"{path} ({e})") from None
+        else:
+            self.path = self.url
+            cfg = os.path.join(self.path, CONFIG)
+            if not os.path.isfile(cfg):
+                raise NotARepository(path)
+            try:
+                with open(cfg) as f:
+                    self.config = json.load(f)
+            except (OSError, ValueError) as e:
+                raise NotARepository(f"{path} ({e})") from None
         if self.config.get("format") != FORMAT:
             raise NotARepository(f"{path} (unsupported format {self.config.get('format')})")
         self.tuning = tuning
@@ -86,6 +110,9 @@ class Repository:
     @staticmethod
     def check(path: str) -> None:
         """Raise NotARepository unless ``path`` holds a repository (cheap: reads no objects)."""
+        if s3.is_url(path):
+            Repository(path).close()
+            return
         cfg = os.path.join(path, CONFIG)
         try:
             with open(cfg) as f:
@@ -99,13 +126,25 @@ class Repository:
     def init(cls, path: str, default_branch: str = "main", author: Optional[str] = None,
              tuning: Tuning = DEFAULT) -> "Repository":
         revparse.check_ref_name(default_branch)
+        cfg = {"format": FORMAT, "default_branch": default_branch, "author": author}
+        if s3.is_url(path):
+            store = s3.S3Store(path, tuning)
+            store.check_conditional_writes()
+            if not store.create_config(json.dumps(cfg, indent=2).encode()):
+                raise RepositoryExists(path)
+            repo = cls(path, tuning, store)
+            with repo.store.writer() as w:
+                tid = repo.put_meta(w, tree.empty_tree())
+                cid = repo._put_commit(w, tid, [], "Initialize repository",
+                                       repo.default_author())
+            repo._move_ref(f"heads/{default_branch}", None, cid, "init")
+            return repo
         if os.path.exists(os.path.join(path, CONFIG)):
             raise RepositoryExists(path)
         if os.path.isdir(path) and os.listdir(path):
             raise RepositoryExists(f"{path} (directory is not empty)")
         os.makedirs(path, exist_ok=True)
         LocalStore.create(path, tuning).close()
-        cfg = {"format": FORMAT, "default_branch": default_branch, "author": author}
         with open(os.path.join(path, CONFIG), "w") as f:
             json.dump(cfg, f, indent=2)
         repo = cls(path, tuning)
@@ -280,7 +319,7 @@ class Repository:
                            "command": command, "pid": os.getpid()}, sort_keys=True)
         try:
             self.store.append_reflog(ref, line)
-        except OSError:
+        except (OSError, CorafsError):
             pass        # the move happened; a reflog line lost to a full disk is not damage
 
     def reflog(self, ref: str) -> list[dict]:

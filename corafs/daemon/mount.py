@@ -18,6 +18,7 @@ from typing import Optional
 
 from ..config import DEFAULT
 from ..core import Repository
+from ..core.repository import state_dir
 from ..errors import CorafsError
 
 log = logging.getLogger("corafs.mount")
@@ -59,7 +60,7 @@ class MountLock:
     daemon for its lifetime, with the holder's pid and mountpoint for the error message."""
 
     def __init__(self, repo_path: str):
-        self.path = os.path.join(os.path.abspath(repo_path), "staging", "mount.lock")
+        self.path = os.path.join(state_dir(repo_path), "staging", "mount.lock")
         self.fd: Optional[int] = None
 
     def acquire(self, mountpoint: str) -> None:
@@ -102,7 +103,7 @@ def mount(repo_path: str, mountpoint: str, opts: MountOptions) -> None:
     holder = MountLock(repo_path).holder()
     if holder:
         raise CorafsError(f"repository is already mounted ({holder}); one mount per repository")
-    log_file = opts.log_file or os.path.join(os.path.abspath(repo_path), "logs", "mount.log")
+    log_file = opts.log_file or os.path.join(state_dir(repo_path), "logs", "mount.log")
     if opts.foreground:
         _setup_logging(None, opts.debug)
         serve(repo_path, mp, opts, ready_fd=None)

@@ -1,0 +1,440 @@
+"""S3-compatible object store (AWS S3, MinIO, Ceph RGW, R2, ...) behind ``ObjectStore``.
+
+Layout under ``s3://BUCKET/PREFIX/``::
+
+    corafs.json                        the repository's config (created with If-None-Match)
+    packs/<time>-<rand>.pack           objects, concatenated (16-64 MiB; random keys, so a
+                                       retried upload never collides with another writer's)
+    index/<time>-<rand>.idx            that pack's object table (.npy: id, offset, length)
+    refs/heads/<branch>, refs/tags/<tag>   one id each; moved by conditional requests only
+    reflog/<ref>/<time>-<rand>         one object per ref move (append-only by unique keys)
+
+Write order, enforced by the writer: a pack, then its index, then (the caller) the ref. Nothing
+but refs is ever overwritten. Refs: created with ``If-None-Match: *``, moved and deleted with
+``If-Match: <etag>``; a lost race raises RefConflict, and the Repository re-applies its change
+set onto the new head exactly as with the local store. ``check_conditional_writes`` proves at
+``init`` that the service honours both headers (several have shipped them broken).
+
+Reads: the index tables are listed and loaded once (kept in the local cache directory: they
+never change) and reloaded when an id is not found; an object is one ranged GET of its pack.
+Fetched objects are kept in a bounded in-memory LRU (metadata and data alike; decoded blocks are
+cached above by the Repository). Temporary failures (5xx, 408, 429, throttling, connection
+errors) are retried by botocore's standard mode: exponential backoff with jitter, 10 attempts.
+
+Credentials come from boto3's usual chain (environment, ``~/.aws``, instance roles) and are
+never written to the repository, the cache or any message: errors name the bucket, the key and
+the service's error code only.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import os
+import tempfile
+import threading
+import time
+import uuid
+from typing import Iterator, Optional
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ..config import DEFAULT, Tuning
+from ..errors import CorafsError, MissingObject, RefConflict
+from .base import ObjectStore, ObjectWriter
+from .local import _IDX_DTYPE, pack_order
+
+_MiB = 1 << 20
+
+
+def is_url(spec: str) -> bool:
+    return isinstance(spec, str) and spec.startswith("s3://")
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, prefix without slashes at either end)."""
+    u = urlparse(url)
+    if u.scheme != "s3" or not u.netloc:
+        raise CorafsError(f"not an S3 URL: {url} (expected s3://bucket/prefix)")
+    return u.netloc, u.path.strip("/")
+
+
+def cache_root() -> str:
+    return os.environ.get("CORAFS_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "corafs")
+
+
+def local_dir(url: str) -> str:
+    """This machine's directory for a remote repository: index cache, mount staging, logs."""
+    bucket, prefix = parse_url(url)
+    import hashlib
+    tag = hashlib.sha256(f"{bucket}/{prefix}".encode()).hexdigest()[:16]
+    return os.path.join(cache_root(), "s3", f"{bucket}-{tag}")
+
+
+class S3Error(CorafsError):
+    """A request the service refused for good (after retries): names the key and the code."""
+
+
+def _client():
+    import boto3
+    from botocore.config import Config
+    endpoint = os.environ.get("CORAFS_S3_ENDPOINT_URL") or None
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(
+        retries={"mode": "standard", "max_attempts": 10},
+        max_pool_connections=32, connect_timeout=10, read_timeout=60))
+
+
+def _code(e) -> str:
+    r = getattr(e, "response", None) or {}
+    return str(r.get("Error", {}).get("Code") or r.get("ResponseMetadata", {}).get(
+        "HTTPStatusCode") or type(e).__name__)
+
+
+def _describe(e, bucket: str, key: str) -> S3Error:
+    return S3Error(f"S3 request for s3://{bucket}/{key} failed: {_code(e)}")
+
+
+class _S3Writer(ObjectWriter):
+    """Objects spooled to a local file; each full pack is uploaded, then its index."""
+
+    def __init__(self, store: "S3Store"):
+        self.store = store
+        self.ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._spool: Optional[tempfile._TemporaryFileWrapper] = None
+        self._table: list[tuple[str, int, int]] = []
+        self._size = 0
+        self.done = False
+        store._scan()        # dedup (has) answers from a fresh index
+
+    def has(self, oid: str) -> bool:
+        return oid in self.ids
+
+    def put(self, oid: str, data) -> None:
+        if oid in self.ids:
+            return
+        mv = memoryview(data).cast("B")
+        with self._lock:
+            if self._spool is None:
+                os.makedirs(self.store.tmpdir, exist_ok=True)
+                self._spool = tempfile.NamedTemporaryFile(dir=self.store.tmpdir,
+                                                          suffix=".pack.tmp")
+            self._spool.write(mv)
+            self._table.append((oid, self._size, mv.nbytes))
+            self._size += mv.nbytes
+            self.ids.add(oid)
+            if self._size >= self.store.pack_target:
+                self._seal()
+
+    def _seal(self) -> None:
+        if self._spool is None:
+            return
+        name = f"{time.time_ns():016x}-{uuid.uuid4().hex[:16]}"
+        spool, table = self._spool, np.array(self._table, dtype=_IDX_DTYPE)
+        self._spool, self._table, self._size = None, [], 0
+        try:
+            spool.flush()
+            self.store._upload_file(spool.name, f"packs/{name}.pack")
+            buf = io.BytesIO()
+            np.save(buf, table)
+            self.store._put(f"index/{name}.idx", buf.getvalue())   # after its pack only
+        finally:
+            spool.close()
+        self.store._add(name, table)
+
+    def commit(self) -> None:
+        with self._lock:
+            self._seal()
+            self.done = True
+
+    def abort(self) -> None:
+        with self._lock:
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
+            self.done = True
+
+
+class S3Store(ObjectStore):
+    def __init__(self, url: str, tuning: Tuning = DEFAULT, client=None):
+        self.url = url
+        self.bucket, self.prefix = parse_url(url)
+        self.tuning = tuning
+        self.s3 = client or _client()
+        self.local = local_dir(url)
+        self.tmpdir = os.path.join(self.local, "tmp")
+        self.idxdir = os.path.join(self.local, "index")
+        os.makedirs(self.idxdir, exist_ok=True)
+        #: remote packs are 16-64 MiB: big enough for throughput, small for ranged reads
+        self.pack_target = min(max(16 * _MiB, tuning.pack_target), 64 * _MiB)
+        self._lock = threading.RLock()
+        self._index: dict[str, tuple[str, int, int]] = {}
+        self._packs: dict[str, int] = {}          # name -> bytes
+        self._lru: "collections.OrderedDict[str, bytes]" = collections.OrderedDict()
+        self._lru_bytes = 0
+        self._lru_max = max(64 * _MiB, tuning.block_cache_bytes // 2)
+        self._scan()
+
+    # -- keys and requests ------------------------------------------------------------------
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _put(self, rel: str, data: bytes, **cond):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            return self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data,
+                                      **cond)
+        except ClientError as e:
+            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise
+            raise _describe(e, self.bucket, self._key(rel)) from None
+        except BotoCoreError as e:
+            raise _describe(e, self.bucket, self._key(rel)) from None
+
+    def _get(self, rel: str, rng: Optional[str] = None) -> Optional[tuple[bytes, str]]:
+        """(body, etag), or None when the key does not exist."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        kw = {"Range": rng} if rng else {}
+        try:
+            r = self.s3.get_object(Bucket=self.bucket, Key=self._key(rel), **kw)
+            return r["Body"].read(), r.get("ETag", "")
+        except ClientError as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                return None
+            raise _describe(e, self.bucket, self._key(rel)) from None
+        except BotoCoreError as e:
+            raise _describe(e, self.bucket, self._key(rel)) from None
+
+    def _list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+        base = self._key(rel_prefix)
+        strip = len(self._key(""))
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=base):
+                for o in page.get("Contents", []):
+                    yield o["Key"][strip:], int(o.get("Size", 0))
+        except ClientError as e:
+            raise _describe(e, self.bucket, base) from None
+        except BotoCoreError as e:
+            raise _describe(e, self.bucket, base) from None
+
+    def _upload_file(self, path: str, rel: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+        cfg = TransferConfig(multipart_threshold=16 * _MiB, multipart_chunksize=16 * _MiB,
+                             max_concurrency=8)
+        try:
+            self.s3.upload_file(path, self.bucket, self._key(rel), Config=cfg)
+        except (ClientError, BotoCoreError) as e:
+            raise _describe(e, self.bucket, self._key(rel)) from None
+        except Exception as e:      # boto3's S3UploadFailedError wraps the client error
+            raise S3Error(f"upload of s3://{self.bucket}/{self._key(rel)} failed: "
+                          f"{type(e).__name__}") from None
+
+    # -- config -------------------------------------------------------------------------------
+    def get_config(self) -> Optional[bytes]:
+        got = self._get("corafs.json")
+        return got[0] if got else None
+
+    def create_config(self, data: bytes) -> bool:
+        """Write the config unless one exists; False when it does."""
+        try:
+            self._put("corafs.json", data, IfNoneMatch="*")
+            return True
+        except Exception as e:
+            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise _describe(e, self.bucket, self._key("corafs.json")) from None
+
+    def check_conditional_writes(self) -> None:
+        """Two writers racing to create one key, and a move with a stale ETag: the service
+        must refuse the loser each time, or concurrent commits could silently be lost."""
+        rel = f"probe/cas-{uuid.uuid4().hex}"
+        missing = []
+        try:
+            first = self._put(rel, b"a", IfNoneMatch="*")
+            try:
+                self._put(rel, b"b", IfNoneMatch="*")
+                missing.append("If-None-Match (create only if absent)")
+            except Exception as e:
+                if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                    "409"):
+                    raise
+            try:
+                self._put(rel, b"c", IfMatch='"0123456789abcdef0123456789abcdef"')
+                missing.append("If-Match (replace only an expected version)")
+            except Exception as e:
+                if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                    "409"):
+                    raise
+            if not missing:
+                self._put(rel, b"d", IfMatch=first["ETag"])     # the right ETag must pass
+        finally:
+            try:
+                self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel))
+            except Exception:
+                pass
+        if missing:
+            raise CorafsError(
+                f"s3://{self.bucket}: this service does not honour conditional writes "
+                f"({'; '.join(missing)}). corafs moves refs by compare-and-swap and refuses "
+                "a store where two writers could both win; use a service that implements "
+                "them (AWS S3, MinIO, Ceph RGW 18+, R2)")
+
+    # -- index ----------------------------------------------------------------------------------
+    def _scan(self) -> None:
+        """Load the tables of packs not seen yet (other writers, other machines)."""
+        for rel, _size in self._list("index/"):
+            name = rel[len("index/"):-len(".idx")]
+            if not rel.endswith(".idx") or name in self._packs:
+                continue
+            cached = os.path.join(self.idxdir, name + ".idx")
+            table = None
+            if os.path.exists(cached):
+                try:
+                    table = np.load(cached, allow_pickle=False)
+                except (OSError, ValueError, EOFError):
+                    table = None
+            if table is None:
+                got = self._get(rel)
+                if got is None:
+                    continue
+                table = np.load(io.BytesIO(got[0]), allow_pickle=False)
+                tmp = f"{cached}.{uuid.uuid4().hex[:8]}.tmp"
+                with open(tmp, "wb") as f:
+                    np.save(f, table)
+                os.replace(tmp, cached)
+            self._add(name, table)
+
+    def _add(self, name: str, table: np.ndarray) -> None:
+        key = pack_order(f"pack-{name}")
+        with self._lock:
+            self._packs[name] = int(table["len"].sum()) if len(table) else 0
+            for oid, off, ln in zip(table["id"].tolist(), table["off"].tolist(),
+                                    table["len"].tolist()):
+                oid = oid.decode()
+                cur = self._index.get(oid)
+                if cur is None or pack_order(f"pack-{cur[0]}") < key:
+                    self._index[oid] = (name, off, ln)
+
+    def _locate(self, oid: str) -> tuple[str, int, int]:
+        loc = self._index.get(oid)
+        if loc is None:
+            self._scan()
+            loc = self._index.get(oid)
+            if loc is None:
+                raise MissingObject(oid)
+        return loc
+
+    # -- objects ------------------------------------------------------------------------------
+    def has(self, oid: str) -> bool:
+        return oid in self._index
+
+    def _fetch(self, oid: str) -> bytes:
+        with self._lock:
+            data = self._lru.get(oid)
+            if data is not None:
+                self._lru.move_to_end(oid)
+                return data
+        pack, off, ln = self._locate(oid)
+        got = self._get(f"packs/{pack}.pack", f"bytes={off}-{off + ln - 1}") if ln else (b"", "")
+        if got is None or len(got[0]) != ln:
+            raise MissingObject(oid)
+        data = got[0]
+        with self._lock:
+            if oid not in self._lru and ln <= self._lru_max // 8:
+                self._lru[oid] = data
+                self._lru_bytes += ln
+                while self._lru_bytes > self._lru_max:
+                    _k, old = self._lru.popitem(last=False)
+                    self._lru_bytes -= len(old)
+        return data
+
+    def get(self, oid: str):
+        return self._fetch(oid)
+
+    def get_range(self, oid: str, offset: int, length: int):
+        with self._lock:
+            data = self._lru.get(oid)
+        if data is not None:
+            return data[offset:offset + length]
+        pack, off, ln = self._locate(oid)
+        end = min(ln, offset + length)
+        if end <= offset:
+            return b""
+        got = self._get(f"packs/{pack}.pack", f"bytes={off + offset}-{off + end - 1}")
+        if got is None:
+            raise MissingObject(oid)
+        return got[0]
+
+    def size_of(self, oid: str) -> int:
+        return self._locate(oid)[2]
+
+    def writer(self) -> ObjectWriter:
+        return _S3Writer(self)
+
+    def ids(self) -> Iterator[str]:
+        self._scan()
+        return iter(list(self._index))
+
+    def stored_bytes(self) -> int:
+        self._scan()
+        return sum(self._packs.values())
+
+    # -- refs ---------------------------------------------------------------------------------
+    def _ref_get(self, name: str) -> tuple[Optional[str], Optional[str]]:
+        got = self._get(f"refs/{name}")
+        if got is None:
+            return None, None
+        return got[0].decode().strip() or None, got[1]
+
+    def get_ref(self, name: str) -> Optional[str]:
+        return self._ref_get(name)[0]
+
+    def cas_ref(self, name: str, expected: Optional[str], new: Optional[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+        current, etag = self._ref_get(name)
+        if current != expected:
+            raise RefConflict(name, expected, current)
+        rel = f"refs/{name}"
+        try:
+            if new is None:
+                if etag is not None:
+                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel), IfMatch=etag)
+            elif etag is None:
+                self._put(rel, new.encode() + b"\n", IfNoneMatch="*")
+            else:
+                self._put(rel, new.encode() + b"\n", IfMatch=etag)
+        except (ClientError, BotoCoreError) as e:
+            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise RefConflict(name, expected, self.get_ref(name)) from None
+            raise _describe(e, self.bucket, self._key(rel)) from None
+
+    def list_refs(self, prefix: str = "") -> dict[str, str]:
+        out = {}
+        for rel, _n in self._list(f"refs/{prefix}"):
+            name = rel[len("refs/"):]
+            v = self.get_ref(name)
+            if v:
+                out[name] = v
+        return out
+
+    def append_reflog(self, ref: str, line: str) -> None:
+        self._put(f"reflog/{ref}/{time.time_ns():016x}-{uuid.uuid4().hex[:8]}",
+                  line.rstrip("\n").encode() + b"\n")
+
+    def read_reflog(self, ref: str) -> list[str]:
+        out = []
+        for rel, _n in sorted(self._list(f"reflog/{ref}/")):
+            got = self._get(rel)
+            if got:
+                out.append(got[0].decode().rstrip("\n"))
+        return out
+
+    def reflog_refs(self) -> list[str]:
+        refs = set()
+        for rel, _n in self._list("reflog/"):
+            refs.add(rel[len("reflog/"):].rsplit("/", 1)[0])
+        return sorted(refs)

@@ -1,0 +1,241 @@
+"""Repositories in an S3-compatible store (issue 10, first part), against a real S3 server on
+127.0.0.1 that these tests start themselves (moto_server): HTTP all the way, no mocks."""
+import errno
+import http.client
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from conftest import sha256_bytes, sha256_file
+from mountutil import mounted, needs_fuse, settled, wait_for
+
+SECRET = "corafs-test-secret-Zq81xW"
+
+pytestmark = pytest.mark.skipif(shutil.which("moto_server") is None,
+                                reason="moto_server (moto[server]) is not installed")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/")
+            c.getresponse().read()
+            return True
+        except OSError:
+            return False
+    assert wait_for(up, timeout=30), "moto_server did not start"
+    yield url
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture
+def s3env(server, tmp_path, monkeypatch):
+    """Environment of a machine using the server: credentials, endpoint, its own cache."""
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "CORAFS_S3_ENDPOINT_URL": server,
+           "CORAFS_CACHE_DIR": str(tmp_path / "cache")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import boto3
+    bucket = f"b{os.urandom(6).hex()}"
+    boto3.client("s3", endpoint_url=server).create_bucket(Bucket=bucket)
+    return env, f"s3://{bucket}/repo"
+
+
+def cli(env, *args, check=True):
+    p = subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], capture_output=True,
+                       text=True, env={**os.environ, **env})
+    assert SECRET not in p.stdout + p.stderr
+    if check and p.returncode != 0:
+        raise AssertionError(f"corafs {args} failed ({p.returncode}): {p.stdout}{p.stderr}")
+    return p
+
+
+def _model(path, seed, base=None):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(1 << 18, dtype=np.float32) if base is None else \
+        base + rng.standard_normal(base.size, dtype=np.float32) * 1e-3
+    safetensors.numpy.save_file({"w": w.reshape(-1, 256), "b": w[:256].copy()}, str(path))
+    return w
+
+
+def test_init_commit_export_byte_exact_through_s3(s3env, work, tmp_path):
+    env, url = s3env
+    cli(env, "init", url)
+    shas, w = [], None
+    for v in range(3):
+        p = work / "model.safetensors"
+        w = _model(p, v, w)
+        cli(env, "commit", url, p, "-m", f"v{v}")
+        shas.append(sha256_file(p))
+    # another machine (its own cache) sees the same history, byte-exact
+    other = {**env, "CORAFS_CACHE_DIR": str(tmp_path / "cache-other")}
+    for i, sha in enumerate(reversed(shas)):
+        out = tmp_path / f"out{i}"
+        cli(other, "export", url, f"main~{i}:model.safetensors", out)
+        assert sha256_file(out) == sha
+    assert "repository is consistent" in cli(other, "fsck", url).stdout
+    assert "deltas" in cli(other, "stats", url).stdout
+    p = cli(env, "init", url, check=False)
+    assert p.returncode != 0 and "already exists" in p.stderr
+
+
+def test_racing_commits_from_two_machines_lose_nothing(s3env, work, tmp_path):
+    env, url = s3env
+    cli(env, "init", url)
+    procs = []
+    for m in range(2):
+        menv = {**os.environ, **env, "CORAFS_CACHE_DIR": str(tmp_path / f"cache-m{m}")}
+        files = []
+        for i in range(4):
+            p = work / f"m{m}-f{i}.txt"
+            p.write_text(f"machine {m} file {i}\n" * 100)
+            files.append(str(p))
+        script = ("import sys; from corafs import Repository\n"
+                  "r = Repository(sys.argv[1])\n"
+                  "for f in sys.argv[2:]:\n"
+                  "    r.commit('main', {f.rsplit('/', 1)[1]: f})\n")
+        procs.append(subprocess.Popen([sys.executable, "-c", script, url, *files], env=menv))
+    for p in procs:
+        assert p.wait() == 0
+    from corafs import Repository
+    with Repository(url) as r:
+        names = set(r.listdir(r.head("main")))
+        assert names == {f"m{m}-f{i}.txt" for m in range(2) for i in range(4)}
+        assert len(r.log("main")) == 9
+        for name in names:
+            assert r.read_file(f"main:{name}") == (work / name).read_bytes()
+
+
+def test_api_and_a_missing_object_fails_only_its_file(s3env, work):
+    env, url = s3env
+    from corafs import Repository
+    from corafs.errors import CorruptObject
+    with Repository.init(url) as r:
+        _model(work / "a.safetensors", 1)
+        (work / "b.safetensors").write_bytes(os.urandom(3 << 20))   # shares nothing with a
+        r.commit("main", {"a.safetensors": str(work / "a.safetensors")})
+        r.commit("main", {"b.safetensors": str(work / "b.safetensors")})
+        e = r.entry(r.head("main"), "a.safetensors")
+        oid = r.get_meta(e["id"])["tensors"][0]["id"]
+        block = r.tensor_manifest(oid)["blocks"][0][0]
+        pack = r.store._index[block][0]
+    import boto3
+    bucket = url[5:].split("/")[0]
+    boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"]).delete_object(
+        Bucket=bucket, Key=f"repo/packs/{pack}.pack")
+    with Repository(url) as r:
+        with pytest.raises(CorruptObject):
+            r.read_file("main:a.safetensors")
+        assert r.read_file("main:b.safetensors") == (work / "b.safetensors").read_bytes()
+
+
+class _DroppingProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the real server but drops conditional headers, as broken services do."""
+    target = None
+
+    def _forward(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else None
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("if-match", "if-none-match", "host")}
+        c = http.client.HTTPConnection(*self.target)
+        c.request(self.command, self.path, body=body, headers=headers)
+        r = c.getresponse()
+        data = r.read()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, *a):
+        pass
+
+
+def test_a_service_without_conditional_writes_is_refused_at_init(s3env, server):
+    env, url = s3env
+    host, port = server[len("http://"):].split(":")
+    _DroppingProxy.target = (host, int(port))
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingProxy)
+    t = threading.Thread(target=proxy.serve_forever, daemon=True)
+    t.start()
+    try:
+        penv = {**env, "CORAFS_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_port}"}
+        p = cli(penv, "init", url, check=False)
+        assert p.returncode != 0
+        assert "does not honour conditional writes" in p.stderr and "If-None-Match" in p.stderr
+        # nothing was created: the real service still has no repository there
+        assert cli(env, "log", url, check=False).returncode != 0
+    finally:
+        proxy.shutdown()
+
+
+def test_errors_name_the_key_never_the_credentials(s3env):
+    env, url = s3env
+    p = cli(env, "init", "s3://no-such-bucket-corafs/x", check=False)
+    assert p.returncode != 0 and "no-such-bucket-corafs" in p.stderr
+    p = cli(env, "log", url, check=False)
+    assert p.returncode != 0 and "not a corafs repository" in p.stderr
+
+
+@needs_fuse
+@pytest.mark.mount
+def test_mount_on_s3_loads_with_torch_and_commits_writes(s3env, work, tmp_path):
+    import torch
+    from safetensors import safe_open
+    env, url = s3env
+    cli(env, "init", url)
+    sd = {"layer.weight": torch.randn(256, 256), "layer.bias": torch.randn(256)}
+    torch.save(sd, work / "model.pth")
+    safetensors.numpy.save_file({k: v.numpy() for k, v in sd.items()},
+                                str(work / "model.safetensors"))
+    cli(env, "commit", url, work / "model.pth", work / "model.safetensors")
+    mnt = tmp_path / "mnt"
+    with mounted(url, mnt):
+        got = torch.load(mnt / "main" / "model.pth", weights_only=True)
+        assert all(torch.equal(got[k], sd[k]) for k in sd)
+        got = torch.load(mnt / "main" / "model.pth", weights_only=True, mmap=True)
+        assert all(torch.equal(got[k], sd[k]) for k in sd)
+        with safe_open(str(mnt / "main" / "model.safetensors"), "pt") as f:
+            assert torch.equal(f.get_tensor("layer.bias"), sd["layer.bias"])
+        data = os.urandom(1 << 20)
+        (mnt / "main" / "blob.bin").write_bytes(data)
+        assert wait_for(lambda: "nothing staged" in cli(env, "status", url).stdout,
+                        timeout=60)
+        assert sha256_file(mnt / "main" / "blob.bin") == sha256_bytes(data)
+    from corafs import Repository
+    with Repository(url) as r:
+        assert r.read_file("main:blob.bin") == data
+    log = os.path.join(env["CORAFS_CACHE_DIR"], "s3")
+    for root, _d, files in os.walk(log):
+        for f in files:
+            if f.endswith(".log"):
+                assert SECRET not in open(os.path.join(root, f), errors="replace").read()

@@ -124,7 +124,9 @@ class Repository:
 
     @classmethod
     def init(cls, path: str, default_branch: str = "main", author: Optional[str] = None,
-             tuning: Tuning = DEFAULT) -> "Repository":
+             tuning: Tuning = DEFAULT, initial_commit: bool = True) -> "Repository":
+        """A new repository; ``initial_commit=False`` leaves it without branches (a push or a
+        clone fills it)."""
         revparse.check_ref_name(default_branch)
         cfg = {"format": FORMAT, "default_branch": default_branch, "author": author}
         if s3.is_url(path):
@@ -133,6 +135,8 @@ class Repository:
             if not store.create_config(json.dumps(cfg, indent=2).encode()):
                 raise RepositoryExists(path)
             repo = cls(path, tuning, store)
+            if not initial_commit:
+                return repo
             with repo.store.writer() as w:
                 tid = repo.put_meta(w, tree.empty_tree())
                 cid = repo._put_commit(w, tid, [], "Initialize repository",
@@ -148,6 +152,8 @@ class Repository:
         with open(os.path.join(path, CONFIG), "w") as f:
             json.dump(cfg, f, indent=2)
         repo = cls(path, tuning)
+        if not initial_commit:
+            return repo
         with repo.store.writer() as w:
             tid = repo.put_meta(w, tree.empty_tree())
             cid = repo._put_commit(w, tid, [], "Initialize repository", repo.default_author())

@@ -3,7 +3,7 @@
 Layout under ``s3://BUCKET/PREFIX/``::
 
     corafs.json                        the repository's config (created with If-None-Match)
-    packs/<time>-<rand>.pack           objects, concatenated (16-64 MiB; random keys, so a
+    packs/<time>-<rand>.pack           objects, concatenated (32 MiB; random keys, so a
                                        retried upload never collides with another writer's)
     index/<time>-<rand>.idx            that pack's object table (.npy: id, offset, length)
     refs/heads/<branch>, refs/tags/<tag>   one id each; moved by conditional requests only
@@ -166,8 +166,9 @@ class S3Store(ObjectStore):
         self.tmpdir = os.path.join(self.local, "tmp")
         self.idxdir = os.path.join(self.local, "index")
         os.makedirs(self.idxdir, exist_ok=True)
-        #: remote packs are 16-64 MiB: big enough for throughput, small for ranged reads
-        self.pack_target = min(max(16 * _MiB, tuning.pack_target), 64 * _MiB)
+        #: remote packs of 32 MiB (within 16-64 MiB): big enough for throughput, small enough
+        #: that an interrupted upload loses little and a repack rewrites little
+        self.pack_target = min(max(16 * _MiB, tuning.pack_target), 32 * _MiB)
         self._lock = threading.RLock()
         self._index: dict[str, tuple[str, int, int]] = {}
         self._packs: dict[str, int] = {}          # name -> bytes

@@ -313,3 +313,37 @@ def test_push_clone_pull_through_s3(s3env, work, tmp_path):
     assert "theirs" in p.stdout
     assert "consistent" in cli(env, "fsck", local).stdout
     del w2
+
+
+def test_disk_cache_serves_warm_reads_and_stays_bounded(s3env, work, tmp_path, monkeypatch):
+    env, url = s3env
+    from corafs import Repository
+    _model(work / "a.safetensors", 7)
+    with Repository.init(url) as r:
+        r.commit("main", {"a.safetensors": str(work / "a.safetensors")})
+        want = r.read_file("main:a.safetensors")          # fetched: now on this disk
+        packs = {loc[0] for loc in r.store._index.values()}
+    import boto3
+    bucket = url[5:].split("/")[0]
+    s3 = boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"])
+    # the packs' data is gone from the server: a new process still reads from this machine
+    for pack in packs:
+        s3.put_object(Bucket=bucket, Key=f"repo/packs/{pack}.pack", Body=b"")
+    with Repository(url) as r:
+        assert r.read_file("main:a.safetensors") == want
+    # another machine (empty cache) cannot, and says which object
+    monkeypatch.setenv("CORAFS_CACHE_DIR", str(tmp_path / "cold"))
+    from corafs.errors import CorruptObject
+    with Repository(url) as r, pytest.raises(CorruptObject):
+        r.read_file("main:a.safetensors")
+    # bounded: a 256 KiB cache holds at most that (plus what one object adds)
+    monkeypatch.setenv("CORAFS_CACHE_DIR", str(tmp_path / "small"))
+    monkeypatch.setenv("CORAFS_CACHE_SIZE", "256K")
+    url2 = url + "2"
+    with Repository.init(url2) as r:
+        r.commit("main", {"a.safetensors": str(work / "a.safetensors")})
+    with Repository(url2) as r:
+        assert r.read_file("main:a.safetensors") == want
+        root = r.store.disk.root
+    held = sum(os.path.getsize(os.path.join(d, f)) for d, _s, fs in os.walk(root) for f in fs)
+    assert held <= (256 << 10) + (1 << 20) + (4 << 20)

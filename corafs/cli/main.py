@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("fsck", cmd_fsck, "verify every object and every file's sha256")
     sp.add_argument("repo")
     sp.add_argument("--repair", action="store_true",
-                    help="remove leftovers of interrupted writes whose writer is gone")
+                    help="remove leftovers of interrupted writes whose writer is gone, and "
+                         "fetch missing or corrupt objects from the remotes that have them")
 
     _add_mount_commands(cmd)
     return p
@@ -651,6 +652,16 @@ def cmd_fsck(a):
     with open_repo(a.repo) as repo:
         with progress(0, "fsck") as upd:
             rep = repo.fsck(upd, repair=a.repair)
+        if a.repair and not rep.ok:
+            from ..core import remote
+            got = remote.refetch(repo, rep.problems, lambda m: print(m))
+            if got:
+                repo.decoder.cache.clear()
+                repo.store.rescan() if hasattr(repo.store, "rescan") else None
+                repaired = rep.repaired
+                with progress(0, "fsck") as upd:
+                    rep = repo.fsck(upd)
+                rep.repaired = repaired + rep.repaired
         print(f"checked {rep.commits} commits, {rep.files} file versions "
               f"({fmt.size(rep.bytes_checked)}), {rep.objects} objects")
         garbage = list(rep.garbage) + _staging_garbage(repo.path, a.repair, rep.repaired)

@@ -196,3 +196,46 @@ def clone(url: str, dest: str, on_progress=None) -> tuple["object", TransferRepo
             repo.close()
             raise
     return repo, rep
+
+
+def refetch(repo, problems, on_note=None) -> list[str]:
+    """``fsck --repair``: fetch the objects that fsck named as missing or corrupt from the
+    remotes that have them, as stored, into a new pack (the newest copy is the one read). Only
+    ids named in the problems travel; the caller checks again afterwards."""
+    import re
+    from .repository import Repository
+    wanted = []
+    for what, problem in problems:
+        for oid in re.findall(r"\b[0-9a-f]{64}\b|\b[0-9a-f]{32}\b", f"{what} {problem}"):
+            if oid not in wanted:
+                wanted.append(oid)
+    fetched: list[str] = []
+    if not wanted:
+        return fetched
+    for name, url in sorted(remotes(repo).items()):
+        left = [o for o in wanted if o not in fetched]
+        if not left:
+            break
+        try:
+            src = Repository(url)
+        except CorafsError as e:
+            if on_note:
+                on_note(f"remote {name} not readable: {e}")
+            continue
+        with src:
+            w = repo.store.writer()
+            try:
+                for oid in left:
+                    try:
+                        payload = src.store.get(oid)
+                    except CorafsError:
+                        continue
+                    w.put(oid, payload)
+                    fetched.append(oid)
+                w.commit()
+            except BaseException:
+                w.abort()
+                raise
+        if on_note and fetched:
+            on_note(f"fetched {len(fetched)} object(s) from remote {name}")
+    return fetched

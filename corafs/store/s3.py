@@ -16,9 +16,10 @@ set onto the new head exactly as with the local store. ``check_conditional_write
 ``init`` that the service honours both headers (several have shipped them broken).
 
 Reads: the index tables are listed and loaded once (kept in the local cache directory: they
-never change) and reloaded when an id is not found; an object is one ranged GET of its pack.
-Fetched objects are kept in a bounded in-memory LRU (metadata and data alike; decoded blocks are
-cached above by the Repository). Temporary failures (5xx, 408, 429, throttling, connection
+never change) and reloaded when an id is not found; an object is one ranged GET of its pack,
+one GET however many threads want it at once. Fetched objects are kept in a bounded in-memory
+LRU and on this machine's disk (``DiskCache``: LRU, a size bound and a free-space floor, shared
+by the mount and CLI commands); decoded blocks are cached above by the Repository. Temporary failures (5xx, 408, 429, throttling, connection
 errors) are retried by botocore's standard mode: exponential backoff with jitter, 10 attempts.
 
 Credentials come from boto3's usual chain (environment, ``~/.aws``, instance roles) and are
@@ -93,6 +94,126 @@ def _code(e) -> str:
 
 def _describe(e, bucket: str, key: str) -> S3Error:
     return S3Error(f"S3 request for s3://{bucket}/{key} failed: {_code(e)}")
+
+
+class DiskCache:
+    """Fetched objects on this machine's disk, by id (immutable, so sharing the directory
+    between a mount and CLI commands is safe: files appear by atomic rename and are only ever
+    removed whole). Bounded by ``CORAFS_CACHE_SIZE`` bytes (default 10 GiB) and by a free-space
+    floor (``CORAFS_CACHE_FREE``, default 1 GiB); the least recently used go first, data blocks
+    before small metadata objects."""
+
+    def __init__(self, root: str):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        self.max_bytes = _size_env("CORAFS_CACHE_SIZE", 10 << 30)
+        self.min_free = _size_env("CORAFS_CACHE_FREE", 1 << 30)
+        self._lock = threading.Lock()
+        self._bytes: Optional[int] = None      # measured lazily
+
+    def _path(self, oid: str) -> str:
+        return os.path.join(self.root, oid[:2], oid)
+
+    def get(self, oid: str, ln: int) -> Optional[bytes]:
+        p = self._path(oid)
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        if len(data) != ln:
+            return None
+        try:
+            os.utime(p)                         # recency for eviction
+        except OSError:
+            pass
+        return data
+
+    def read(self, oid: str, offset: int, length: int, ln: int) -> Optional[bytes]:
+        try:
+            fd = os.open(self._path(oid), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_size != ln:
+                return None
+            return os.pread(fd, max(0, min(length, ln - offset)), offset)
+        finally:
+            os.close(fd)
+
+    def put(self, oid: str, data: bytes) -> None:
+        if self.max_bytes <= 0:
+            return
+        p = self._path(oid)
+        try:
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            tmp = f"{p}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, p)
+        except OSError:
+            return                              # a cache: a full disk costs speed only
+        with self._lock:
+            if self._bytes is None:
+                self._bytes = self._measure()
+            else:
+                self._bytes += len(data)
+            if self._bytes > self.max_bytes or self._free() < self.min_free:
+                self._evict()
+
+    def _free(self) -> int:
+        try:
+            st = os.statvfs(self.root)
+            return st.f_bavail * st.f_frsize
+        except OSError:
+            return 1 << 62
+
+    def _measure(self) -> int:
+        n = 0
+        for d, _dirs, files in os.walk(self.root):
+            for f in files:
+                try:
+                    n += os.path.getsize(os.path.join(d, f))
+                except OSError:
+                    pass
+        return n
+
+    def _evict(self) -> None:
+        files = []
+        for d, _dirs, names in os.walk(self.root):
+            for f in names:
+                p = os.path.join(d, f)
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    continue
+                files.append((st.st_size < (64 << 10), st.st_mtime, st.st_size, p))
+        files.sort()                            # data first, oldest first
+        total = sum(f[2] for f in files)
+        target = int(self.max_bytes * 0.9)
+        for _small, _t, size, p in files:
+            if total <= target and self._free() >= self.min_free:
+                break
+            try:
+                os.unlink(p)
+                total -= size
+            except OSError:
+                pass
+        self._bytes = total
+
+
+def _size_env(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    if not v:
+        return default
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    v = v.strip().upper().rstrip("B").rstrip("I")
+    try:
+        if v and v[-1] in units:
+            return int(float(v[:-1]) * units[v[-1]])
+        return int(v)
+    except ValueError:
+        raise CorafsError(f"{name}: not a size: {os.environ.get(name)!r}") from None
 
 
 class _S3Writer(ObjectWriter):
@@ -175,6 +296,8 @@ class S3Store(ObjectStore):
         self._lru: "collections.OrderedDict[str, bytes]" = collections.OrderedDict()
         self._lru_bytes = 0
         self._lru_max = max(64 * _MiB, tuning.block_cache_bytes // 2)
+        self.disk = DiskCache(os.path.join(self.local, "objects"))
+        self._inflight: dict[str, threading.Event] = {}
         self._scan()
 
     # -- keys and requests ------------------------------------------------------------------
@@ -201,8 +324,9 @@ class S3Store(ObjectStore):
             r = self.s3.get_object(Bucket=self.bucket, Key=self._key(rel), **kw)
             return r["Body"].read(), r.get("ETag", "")
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404"):
-                return None
+            if _code(e) in ("NoSuchKey", "404") or (rng and _code(e) in ("InvalidRange",
+                                                                          "416")):
+                return None         # gone, or a pack shorter than its index says: missing
             raise _describe(e, self.bucket, self._key(rel)) from None
         except BotoCoreError as e:
             raise _describe(e, self.bucket, self._key(rel)) from None
@@ -339,11 +463,31 @@ class S3Store(ObjectStore):
             if data is not None:
                 self._lru.move_to_end(oid)
                 return data
+            ev = self._inflight.get(oid)
+            mine = ev is None
+            if mine:
+                ev = self._inflight[oid] = threading.Event()
+        if not mine:                 # single flight: one GET per object, the others wait
+            ev.wait()
+            return self._fetch(oid)
+        try:
+            data = self._fetch_uncached(oid)
+        finally:
+            with self._lock:
+                self._inflight.pop(oid, None)
+            ev.set()
+        return data
+
+    def _fetch_uncached(self, oid: str) -> bytes:
         pack, off, ln = self._locate(oid)
-        got = self._get(f"packs/{pack}.pack", f"bytes={off}-{off + ln - 1}") if ln else (b"", "")
-        if got is None or len(got[0]) != ln:
-            raise MissingObject(oid)
-        data = got[0]
+        data = self.disk.get(oid, ln)
+        if data is None:
+            got = self._get(f"packs/{pack}.pack", f"bytes={off}-{off + ln - 1}") \
+                if ln else (b"", "")
+            if got is None or len(got[0]) != ln:
+                raise MissingObject(oid)
+            data = got[0]
+            self.disk.put(oid, data)
         with self._lock:
             if oid not in self._lru and ln <= self._lru_max // 8:
                 self._lru[oid] = data
@@ -362,6 +506,9 @@ class S3Store(ObjectStore):
         if data is not None:
             return data[offset:offset + length]
         pack, off, ln = self._locate(oid)
+        cached = self.disk.read(oid, offset, length, ln)
+        if cached is not None:
+            return cached
         end = min(ln, offset + length)
         if end <= offset:
             return b""

@@ -61,6 +61,8 @@ def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = Fa
     store = repo.store
     if not hasattr(store, "packs"):
         raise CorafsError("repack/gc: this store does not support it yet")
+    if hasattr(store, "gc_records"):
+        return _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress)
     if _locked:
         return _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
                        consolidate)
@@ -125,6 +127,8 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
     """Object ids wanted. Without ``collect`` every object is wanted (repack only drops
     duplicates); with it, what the roots reach."""
     store = repo.store
+    exists = (lambda o: store.location(o) is not None) if hasattr(store, "gc_records") \
+        else store.has
     now = time.time()
     if not collect:
         return {oid for oid in store.ids()}
@@ -143,7 +147,7 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
     stack = [r for r in roots if r]
     while stack:
         oid = stack.pop()
-        if oid in marks or not store.has(oid):
+        if oid in marks or not exists(oid):
             continue
         marks.add(oid)
         stack.extend(_children(repo, oid))
@@ -260,3 +264,62 @@ def _copy(repo, keep: dict[str, list[str]], progress, gc_lock: bool = True) -> s
         w.abort()
         raise
     return done
+
+
+# -- remote stores (S3): two phases, no lock across machines ----------------------------------------
+def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress) -> GcReport:
+    """gc/repack of an S3 repository. Machines share no lock, so deletion takes two runs:
+
+    1. mark (refs, reflog, this machine's staging journal, and every pack younger than
+       ``grace``: a writer on another machine may be uploading for a commit right now), copy
+       what is wanted out of the packs to rewrite, and publish their names in a ``gc/`` record.
+       From then on every writer counts their objects as absent (``S3Store.has``) and uploads
+       them again rather than relying on them;
+    2. a later run deletes the packs of records older than ``grace``, after marking again and
+       copying anything that became wanted meanwhile (a writer that started before the record
+       and moved its ref since).
+    """
+    store = repo.store
+    progress = on_progress or (lambda n: None)
+    now = time.time()
+    packs = store.packs()
+    rep = GcReport(packs_before=len(packs), bytes_before=store.stored_bytes(), dry_run=dry_run)
+    records = store.gc_records()
+    scheduled = {p for r in records for p in r["packs"]}
+    marks = _mark(repo, packs, collect, grace, expire_reflog)
+    plan = {k: v for k, v in _plan(repo, packs, marks, grace, consolidate=False).items()
+            if k not in scheduled}
+    rep.objects_dropped = sum(len(d) for _k, d in plan.values())
+    rep.bytes_dropped = sum(n for _k, d in plan.values() for _o, n in d)
+    rep.packs_rewritten = len(plan)
+    due = [r for r in records if now - r.get("time", now) >= grace]
+    if dry_run:
+        rep.packs_after = rep.packs_before
+        rep.bytes_after = rep.bytes_before - _estimate(plan) - sum(
+            packs[p]["bytes"] for r in due for p in r["packs"] if p in packs)
+        return rep
+    # phase one
+    if plan:
+        _copy(repo, {p: keep for p, (keep, _d) in plan.items()}, progress, gc_lock=False)
+        store.add_gc_record(list(plan))
+    # phase two: records old enough
+    if due:
+        store.rescan()
+        packs2 = store.packs()
+        marks2 = _mark(repo, packs2, collect, grace, expire_reflog)
+        for r in due:
+            doomed = [p for p in r["packs"] if p in packs2]
+            late = {}
+            for name in doomed:
+                extra = [oid for oid in (x.decode() for x in packs2[name]["table"]["id"].tolist())
+                         if oid in marks2 and (store.location(oid) or ("",))[0] == name]
+                if extra:
+                    late[name] = extra
+            if late:
+                _copy(repo, late, progress, gc_lock=False)
+            store.remove_packs(doomed)
+            store.remove_gc_record(r["key"])
+    store.rescan()
+    rep.packs_after = len(store.packs())
+    rep.bytes_after = store.stored_bytes()
+    return rep

@@ -298,6 +298,7 @@ class S3Store(ObjectStore):
         self._lru_max = max(64 * _MiB, tuning.block_cache_bytes // 2)
         self.disk = DiskCache(os.path.join(self.local, "objects"))
         self._inflight: dict[str, threading.Event] = {}
+        self._doomed: set[str] = set()
         self._scan()
 
     # -- keys and requests ------------------------------------------------------------------
@@ -410,7 +411,9 @@ class S3Store(ObjectStore):
 
     # -- index ----------------------------------------------------------------------------------
     def _scan(self) -> None:
-        """Load the tables of packs not seen yet (other writers, other machines)."""
+        """Load the tables of packs not seen yet (other writers, other machines), and the
+        packs a gc has scheduled for deletion."""
+        self._doomed = self._read_doomed()
         for rel, _size in self._list("index/"):
             name = rel[len("index/"):-len(".idx")]
             if not rel.endswith(".idx") or name in self._packs:
@@ -453,9 +456,90 @@ class S3Store(ObjectStore):
                 raise MissingObject(oid)
         return loc
 
+    # -- gc support ---------------------------------------------------------------------------
+    def _read_doomed(self) -> set[str]:
+        out: set[str] = set()
+        for rec in self.gc_records():
+            out.update(rec["packs"])
+        return out
+
+    def gc_records(self) -> list[dict]:
+        """Packs a gc scheduled for deletion (phase one), with when: ``gc/<time>-<rand>``."""
+        import json
+        out = []
+        for rel, _n in self._list("gc/"):
+            got = self._get(rel)
+            if got is not None:
+                try:
+                    rec = json.loads(got[0])
+                    rec["key"] = rel
+                    out.append(rec)
+                except ValueError:
+                    continue
+        return out
+
+    def add_gc_record(self, packs: list[str]) -> None:
+        import json
+        self._put(f"gc/{time.time_ns():016x}-{uuid.uuid4().hex[:8]}.json",
+                  json.dumps({"packs": sorted(packs), "time": time.time()}).encode())
+        self._doomed |= set(packs)
+
+    def remove_gc_record(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def packs(self) -> dict[str, dict]:
+        """Every pack: bytes, mtime (the index's upload time) and object table."""
+        self._scan()
+        when = {rel[len("index/"):-len(".idx")]: t for rel, t in self._list_times("index/")}
+        out = {}
+        for name in list(self._packs):
+            cached = os.path.join(self.idxdir, name + ".idx")
+            if name not in when or not os.path.exists(cached):
+                continue
+            table = np.load(cached, allow_pickle=False)
+            out[name] = {"bytes": self._packs[name], "mtime": when[name], "table": table}
+        return out
+
+    def _list_times(self, rel_prefix: str):
+        strip = len(self._key(""))
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(rel_prefix)):
+            for o in page.get("Contents", []):
+                yield o["Key"][strip:], o["LastModified"].timestamp()
+
+    def location(self, oid: str):
+        return self._index.get(oid)
+
+    def rescan(self) -> None:
+        with self._lock:
+            self._index.clear()
+            self._packs.clear()
+            self._lru.clear()
+            self._lru_bytes = 0
+        self._scan()
+
+    def remove_packs(self, names) -> int:
+        """Delete packs: the index first (no reader finds them any more), then the data."""
+        freed = 0
+        for name in names:
+            for rel in (f"index/{name}.idx", f"packs/{name}.pack"):
+                try:
+                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel))
+                except Exception as e:
+                    raise _describe(e, self.bucket, self._key(rel)) from None
+            freed += self._packs.get(name, 0)
+            try:
+                os.unlink(os.path.join(self.idxdir, name + ".idx"))
+            except FileNotFoundError:
+                pass
+        return freed
+
     # -- objects ------------------------------------------------------------------------------
     def has(self, oid: str) -> bool:
-        return oid in self._index
+        """Whether a commit may rely on ``oid`` being here: objects only in packs a gc has
+        scheduled for deletion count as absent (a writer stores them again)."""
+        loc = self._index.get(oid)
+        return loc is not None and loc[0] not in self._doomed
 
     def _fetch(self, oid: str) -> bytes:
         with self._lock:
@@ -520,7 +604,9 @@ class S3Store(ObjectStore):
     def size_of(self, oid: str) -> int:
         return self._locate(oid)[2]
 
-    def writer(self) -> ObjectWriter:
+    def writer(self, gc_lock: bool = True) -> ObjectWriter:
+        """A batch. (``gc_lock`` is for the local store's interface: S3 has no lock across
+        machines; gc works in two phases instead.)"""
         return _S3Writer(self)
 
     def ids(self) -> Iterator[str]:

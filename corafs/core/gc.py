@@ -61,17 +61,16 @@ def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = Fa
     store = repo.store
     if not hasattr(store, "packs"):
         raise CorafsError("repack/gc: this store does not support it yet")
-    if hasattr(store, "gc_records"):
-        return _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress)
+    impl = _repack_remote if hasattr(store, "gc_records") else _repack
     if _locked:
-        return _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
-                       consolidate)
+        return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
+                    consolidate)
     from . import headfirst
     if not dry_run:
         headfirst.run_pending(repo, repack=False)
     with headfirst.lock(repo):
-        return _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
-                       consolidate)
+        return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
+                    consolidate)
 
 
 def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
@@ -267,7 +266,8 @@ def _copy(repo, keep: dict[str, list[str]], progress, gc_lock: bool = True) -> s
 
 
 # -- remote stores (S3): two phases, no lock across machines ----------------------------------------
-def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress) -> GcReport:
+def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress,
+                   min_waste=0.0, consolidate=False) -> GcReport:
     """gc/repack of an S3 repository. Machines share no lock, so deletion takes two runs:
 
     1. mark (refs, reflog, this machine's staging journal, and every pack younger than
@@ -287,8 +287,8 @@ def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress) ->
     records = store.gc_records()
     scheduled = {p for r in records for p in r["packs"]}
     marks = _mark(repo, packs, collect, grace, expire_reflog)
-    plan = {k: v for k, v in _plan(repo, packs, marks, grace, consolidate=False).items()
-            if k not in scheduled}
+    plan = {k: v for k, v in _plan(repo, packs, marks, grace, min_waste,
+                                   consolidate=False).items() if k not in scheduled}
     rep.objects_dropped = sum(len(d) for _k, d in plan.values())
     rep.bytes_dropped = sum(n for _k, d in plan.values() for _o, n in d)
     rep.packs_rewritten = len(plan)

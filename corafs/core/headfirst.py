@@ -32,7 +32,8 @@ delta away from a keyframe.
 Safety:
 * a block is re-encoded only against a keyframe, and only while it is a keyframe itself, so
   no chain can loop; jobs run one at a time per repository (``objects/reencode/lock``, also
-  taken by repack so a copy never resurrects an old encoding);
+  taken by repack so a copy never resurrects an old encoding; on S3, a lease object across
+  machines, after which the index is reloaded);
 * every new encoding is decoded and checked against the object id before it is written;
 * a job's encodings land in one pack (durable on commit) before the job file is removed; a
   crash leaves the job to run again (blocks already re-encoded are skipped) and its
@@ -83,8 +84,8 @@ def enqueue(repo, cid: str) -> None:
     """Queue the re-encoding of what commit ``cid`` replaced (after its ref moved)."""
     d = _dir(repo)
     os.makedirs(d, exist_ok=True)
-    atomic_write(os.path.join(d, f"{time.time_ns():016x}-{cid}.job"), cid.encode(),
-                 repo.store.token())
+    token = repo.store.token() if hasattr(repo.store, "token") else None
+    atomic_write(os.path.join(d, f"{time.time_ns():016x}-{cid}.job"), cid.encode(), token)
 
 
 def pending(repo) -> list[str]:
@@ -98,8 +99,15 @@ def pending(repo) -> list[str]:
 
 @contextlib.contextmanager
 def lock(repo, blocking: bool = True):
-    """One re-encoder (or repack) per repository at a time, across processes. Yields whether
-    the lock was taken (always, when blocking)."""
+    """One re-encoder (or repack) per repository at a time, across processes (a file lock),
+    or across machines for a remote store (its lease). Yields whether the lock was taken
+    (always, when blocking)."""
+    if hasattr(repo.store, "lease"):
+        with repo.store.lease("reencode", blocking) as got:
+            if got:
+                repo.store.rescan()     # what other machines re-encoded: never decide on a
+            yield got                   # stale view (only keyframes are re-encoded)
+        return
     d = _dir(repo)
     os.makedirs(d, exist_ok=True)
     fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o644)

@@ -69,9 +69,7 @@ class Repository:
         self.url = path if s3.is_url(path) else os.path.abspath(path)
         if s3.is_url(path):
             # a remote repository: objects and refs in the bucket; this machine's own state
-            # (mount staging, caches, logs) in a local directory. Forward deltas: head-first
-            # re-encoding needs a lock across machines, which remote stores do not have yet.
-            tuning = dataclasses.replace(tuning, head_first=False)
+            # (mount staging, caches, logs) in a local directory
             store = store if store is not None else s3.S3Store(path, tuning)
             self.path = store.local
             raw = store.get_config()

@@ -456,6 +456,72 @@ class S3Store(ObjectStore):
                 raise MissingObject(oid)
         return loc
 
+    # -- a lease across machines ---------------------------------------------------------------
+    def lease(self, name: str, blocking: bool = True, ttl: float = 300.0):
+        """Context manager: hold ``locks/<name>`` exclusively across machines (created with
+        If-None-Match, renewed with If-Match every ttl/3, taken over only once expired).
+        Yields whether it was taken (always, when blocking)."""
+        import contextlib
+        import json
+        import socket
+
+        @contextlib.contextmanager
+        def held():
+            rel = f"locks/{name}"
+            owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+            def body():
+                return json.dumps({"owner": owner, "expires": time.time() + ttl}).encode()
+            etag = None
+            while etag is None:
+                try:
+                    etag = self._put(rel, body(), IfNoneMatch="*")["ETag"]
+                    break
+                except Exception as e:
+                    if _code(e) not in ("PreconditionFailed", "412",
+                                        "ConditionalRequestConflict", "409"):
+                        raise
+                got = self._get(rel)
+                if got is not None:
+                    try:
+                        expired = json.loads(got[0]).get("expires", 0) < time.time()
+                    except ValueError:
+                        expired = True
+                    if expired:
+                        try:
+                            etag = self._put(rel, body(), IfMatch=got[1])["ETag"]
+                            break
+                        except Exception as e:
+                            if _code(e) not in ("PreconditionFailed", "412",
+                                                "ConditionalRequestConflict", "409"):
+                                raise
+                if not blocking:
+                    yield False
+                    return
+                time.sleep(0.5)
+            stop = threading.Event()
+            state = {"etag": etag}
+
+            def renew():
+                while not stop.wait(ttl / 3):
+                    try:
+                        state["etag"] = self._put(rel, body(), IfMatch=state["etag"])["ETag"]
+                    except Exception:
+                        return          # lost: it expires; the holder's work is idempotent
+            t = threading.Thread(target=renew, daemon=True, name=f"corafs-lease-{name}")
+            t.start()
+            try:
+                yield True
+            finally:
+                stop.set()
+                t.join()
+                try:
+                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel),
+                                          IfMatch=state["etag"])
+                except Exception:
+                    pass
+        return held()
+
     # -- gc support ---------------------------------------------------------------------------
     def _read_doomed(self) -> set[str]:
         out: set[str] = set()
@@ -542,39 +608,42 @@ class S3Store(ObjectStore):
         return loc is not None and loc[0] not in self._doomed
 
     def _fetch(self, oid: str) -> bytes:
+        # caches are keyed by the copy (object and pack): a newer encoding of an object (a
+        # re-encoding, in a newer pack) is never answered with an older one
+        pack, off, ln = self._locate(oid)
+        key = f"{oid}.{pack}"
         with self._lock:
-            data = self._lru.get(oid)
+            data = self._lru.get(key)
             if data is not None:
-                self._lru.move_to_end(oid)
+                self._lru.move_to_end(key)
                 return data
-            ev = self._inflight.get(oid)
+            ev = self._inflight.get(key)
             mine = ev is None
             if mine:
-                ev = self._inflight[oid] = threading.Event()
+                ev = self._inflight[key] = threading.Event()
         if not mine:                 # single flight: one GET per object, the others wait
             ev.wait()
             return self._fetch(oid)
         try:
-            data = self._fetch_uncached(oid)
+            data = self._fetch_uncached(oid, key, pack, off, ln)
         finally:
             with self._lock:
-                self._inflight.pop(oid, None)
+                self._inflight.pop(key, None)
             ev.set()
         return data
 
-    def _fetch_uncached(self, oid: str) -> bytes:
-        pack, off, ln = self._locate(oid)
-        data = self.disk.get(oid, ln)
+    def _fetch_uncached(self, oid: str, key: str, pack: str, off: int, ln: int) -> bytes:
+        data = self.disk.get(key, ln)
         if data is None:
             got = self._get(f"packs/{pack}.pack", f"bytes={off}-{off + ln - 1}") \
                 if ln else (b"", "")
             if got is None or len(got[0]) != ln:
                 raise MissingObject(oid)
             data = got[0]
-            self.disk.put(oid, data)
+            self.disk.put(key, data)
         with self._lock:
-            if oid not in self._lru and ln <= self._lru_max // 8:
-                self._lru[oid] = data
+            if key not in self._lru and ln <= self._lru_max // 8:
+                self._lru[key] = data
                 self._lru_bytes += ln
                 while self._lru_bytes > self._lru_max:
                     _k, old = self._lru.popitem(last=False)
@@ -585,12 +654,13 @@ class S3Store(ObjectStore):
         return self._fetch(oid)
 
     def get_range(self, oid: str, offset: int, length: int):
+        pack, off, ln = self._locate(oid)
+        key = f"{oid}.{pack}"
         with self._lock:
-            data = self._lru.get(oid)
+            data = self._lru.get(key)
         if data is not None:
             return data[offset:offset + length]
-        pack, off, ln = self._locate(oid)
-        cached = self.disk.read(oid, offset, length, ln)
+        cached = self.disk.read(key, offset, length, ln)
         if cached is not None:
             return cached
         end = min(ln, offset + length)

@@ -153,15 +153,17 @@ def test_api_and_a_missing_object_fails_only_its_file(s3env, work):
         assert r.read_file("main:b.safetensors") == (work / "b.safetensors").read_bytes()
 
 
-class _DroppingProxy(http.server.BaseHTTPRequestHandler):
-    """Forwards to the real server but drops conditional headers, as broken services do."""
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the real server (a service in front of its storage: stopping and starting
+    it is a server restart that keeps the data)."""
     target = None
+    drop = ("host",)
+    protocol_version = "HTTP/1.1"
 
     def _forward(self):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else None
-        headers = {k: v for k, v in self.headers.items()
-                   if k.lower() not in ("if-match", "if-none-match", "host")}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in self.drop}
         c = http.client.HTTPConnection(*self.target)
         c.request(self.command, self.path, body=body, headers=headers)
         r = c.getresponse()
@@ -180,13 +182,69 @@ class _DroppingProxy(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _DroppingProxy(_Proxy):
+    """Drops conditional headers, as broken services do."""
+    drop = ("if-match", "if-none-match", "host")
+
+
+def _serve(handler, port=0):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_server_restarted_mid_push_push_resumes(s3env, server, work, tmp_path):
+    env, url = s3env
+    host, port = server[len("http://"):].split(":")
+    _Proxy.target = (host, int(port))
+    proxy = _serve(_Proxy)
+    pport = proxy.server_port
+    penv = {**env, "CORAFS_S3_ENDPOINT_URL": f"http://127.0.0.1:{pport}"}
+    local = tmp_path / "local"
+    cli(env, "init", local)
+    big = work / "big.safetensors"
+    safetensors.numpy.save_file({f"t{i}": np.random.default_rng(i).standard_normal(
+        1 << 20, dtype=np.float32) for i in range(24)}, str(big))
+    cli(env, "commit", local, big)
+    proc = subprocess.Popen([sys.executable, "-m", "corafs", "push", str(local), url],
+                            env={**os.environ, **penv}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    from corafs import Repository
+
+    def a_pack_landed():
+        from corafs.errors import NotARepository
+        try:
+            with Repository(url) as r:
+                return r.store.stored_bytes() > 0
+        except NotARepository:
+            return False
+    assert wait_for(a_pack_landed, timeout=60, interval=0.05)
+    proxy.shutdown()                 # the service goes away mid-push...
+    proxy.server_close()
+    out, err = proc.communicate(timeout=300)
+    assert SECRET not in out + err
+    proxy = _serve(_Proxy, pport)    # ...and comes back, its data intact
+    try:
+        with Repository(url) as r:
+            partial = r.store.stored_bytes()
+        p = cli(penv, "push", local, url)
+        assert "main:" in p.stdout or "up to date" in p.stdout
+        with Repository(url) as r, Repository(str(local)) as lr:
+            assert r.head("main") == lr.head("main")
+            assert r.read_file("main:big.safetensors") == big.read_bytes()
+            assert r.store.stored_bytes() < partial + lr.store.stored_bytes()
+        assert "consistent" in cli(penv, "fsck", url).stdout
+        assert "consistent" in cli(env, "fsck", local).stdout
+    finally:
+        proxy.shutdown()
+
+
 def test_a_service_without_conditional_writes_is_refused_at_init(s3env, server):
     env, url = s3env
     host, port = server[len("http://"):].split(":")
     _DroppingProxy.target = (host, int(port))
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingProxy)
-    t = threading.Thread(target=proxy.serve_forever, daemon=True)
-    t.start()
+    proxy = _serve(_DroppingProxy)
     try:
         penv = {**env, "CORAFS_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_port}"}
         p = cli(penv, "init", url, check=False)

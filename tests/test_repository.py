@@ -135,6 +135,7 @@ def test_deltas_against_previous_version_bit_exact(repo, work):
         torch.save({"w": w.clone(), "b": w[0].clone().to(torch.bfloat16)}, p)
         shas.append(sha256_bytes(p.read_bytes()))
         repo.commit("main", {"m.pth": str(p)})
+    assert repo.wait_reencode(60)          # history becomes deltas after the commits
     st = repo.stats()
     assert st.deltas > 0
     for i, sha in enumerate(reversed(shas)):

@@ -499,6 +499,15 @@ def _transferred(rep, what: str) -> None:
           f"here)")
 
 
+def _report_move(name: str, rep, what: str) -> None:
+    if rep.up_to_date:
+        print(f"{name} is up to date ({rep.new[:12]})")
+    else:
+        old = rep.old[:12] if rep.old else "(new branch)"
+        print(f"{name}: {old} -> {rep.new[:12]}")
+    _transferred(rep, what)
+
+
 def cmd_remote(a):
     from ..core import remote
     with open_repo(a.repo) as repo:
@@ -522,12 +531,7 @@ def cmd_push(a):
         branch = a.branch or repo.default_branch
         with progress(0, "push") as upd:
             rep = remote.push(repo, url, branch, a.force, upd)
-        if rep.up_to_date:
-            print(f"{a.remote} {branch} is up to date ({rep.new[:12]})")
-        else:
-            old = rep.old[:12] if rep.old else "(new branch)"
-            print(f"{a.remote} {branch}: {old} -> {rep.new[:12]}")
-        _transferred(rep, "push")
+        _report_move(f"{a.remote} {branch}", rep, "push")
 
 
 def cmd_pull(a):
@@ -536,13 +540,7 @@ def cmd_pull(a):
         url = _remote_url(repo, a.remote)
         with progress(0, "pull") as upd:
             rep = remote.pull(repo, url, a.branch, a.into, a.force, upd)
-        name = rep.ref[len("heads/"):]
-        if rep.up_to_date:
-            print(f"{name} is up to date ({rep.new[:12]})")
-        else:
-            old = rep.old[:12] if rep.old else "(new branch)"
-            print(f"{name}: {old} -> {rep.new[:12]}")
-        _transferred(rep, "pull")
+        _report_move(rep.ref[len("heads/"):], rep, "pull")
 
 
 def cmd_clone(a):

@@ -92,6 +92,14 @@ def _code(e) -> str:
         "HTTPStatusCode") or type(e).__name__)
 
 
+#: how services say "your condition did not hold" (a lost race, not a failure)
+_CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def _lost_race(e) -> bool:
+    return _code(e) in _CONFLICT
+
+
 def _describe(e, bucket: str, key: str) -> S3Error:
     return S3Error(f"S3 request for s3://{bucket}/{key} failed: {_code(e)}")
 
@@ -311,7 +319,7 @@ class S3Store(ObjectStore):
             return self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data,
                                       **cond)
         except ClientError as e:
-            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if _lost_race(e):
                 raise
             raise _describe(e, self.bucket, self._key(rel)) from None
         except BotoCoreError as e:
@@ -370,7 +378,7 @@ class S3Store(ObjectStore):
             self._put("corafs.json", data, IfNoneMatch="*")
             return True
         except Exception as e:
-            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if _lost_race(e):
                 return False
             raise _describe(e, self.bucket, self._key("corafs.json")) from None
 
@@ -379,22 +387,21 @@ class S3Store(ObjectStore):
         must refuse the loser each time, or concurrent commits could silently be lost."""
         rel = f"probe/cas-{uuid.uuid4().hex}"
         missing = []
+
+        def refused(**cond) -> bool:
+            try:
+                self._put(rel, b"x", **cond)
+                return False
+            except Exception as e:
+                if not _lost_race(e):
+                    raise
+                return True
         try:
             first = self._put(rel, b"a", IfNoneMatch="*")
-            try:
-                self._put(rel, b"b", IfNoneMatch="*")
+            if not refused(IfNoneMatch="*"):
                 missing.append("If-None-Match (create only if absent)")
-            except Exception as e:
-                if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
-                                    "409"):
-                    raise
-            try:
-                self._put(rel, b"c", IfMatch='"0123456789abcdef0123456789abcdef"')
+            if not refused(IfMatch='"0123456789abcdef0123456789abcdef"'):
                 missing.append("If-Match (replace only an expected version)")
-            except Exception as e:
-                if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
-                                    "409"):
-                    raise
             if not missing:
                 self._put(rel, b"d", IfMatch=first["ETag"])     # the right ETag must pass
         finally:
@@ -478,8 +485,7 @@ class S3Store(ObjectStore):
                     etag = self._put(rel, body(), IfNoneMatch="*")["ETag"]
                     break
                 except Exception as e:
-                    if _code(e) not in ("PreconditionFailed", "412",
-                                        "ConditionalRequestConflict", "409"):
+                    if not _lost_race(e):
                         raise
                 got = self._get(rel)
                 if got is not None:
@@ -492,8 +498,7 @@ class S3Store(ObjectStore):
                             etag = self._put(rel, body(), IfMatch=got[1])["ETag"]
                             break
                         except Exception as e:
-                            if _code(e) not in ("PreconditionFailed", "412",
-                                                "ConditionalRequestConflict", "409"):
+                            if not _lost_race(e):
                                 raise
                 if not blocking:
                     yield False
@@ -712,7 +717,7 @@ class S3Store(ObjectStore):
             else:
                 self._put(rel, new.encode() + b"\n", IfMatch=etag)
         except (ClientError, BotoCoreError) as e:
-            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if _lost_race(e):
                 raise RefConflict(name, expected, self.get_ref(name)) from None
             raise _describe(e, self.bucket, self._key(rel)) from None
 

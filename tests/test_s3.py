@@ -523,3 +523,43 @@ def test_two_mounts_on_two_machines_race_commits_on_one_branch(s3env, work, tmp_
         for m in range(2):
             for i in range(5):
                 assert r.read_file(f"main:m{m}-{i}.txt") == f"machine {m} file {i}\n".encode()
+
+
+class _BusyProxy(_Proxy):
+    """Says 503 SlowDown with Retry-After: 2 to the first two requests."""
+    busy = 2
+
+    def _forward(self):
+        if _BusyProxy.busy > 0:
+            _BusyProxy.busy -= 1
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                self.rfile.read(n)
+            body = b"<Error><Code>SlowDown</Code><Message>busy</Message></Error>"
+            self.send_response(503)
+            self.send_header("Retry-After", "2")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super()._forward()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+def test_temporary_refusals_are_retried_after_the_time_the_service_asks(s3env, server):
+    env, url = s3env
+    cli(env, "init", url)
+    host, port = server[len("http://"):].split(":")
+    _BusyProxy.target = (host, int(port))
+    proxy = _serve(_BusyProxy)
+    try:
+        penv = {**env, "CORAFS_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_port}"}
+        t = time.monotonic()
+        p = cli(penv, "log", url)
+        assert "Initialize repository" in p.stdout
+        assert time.monotonic() - t >= 4.0           # waited the 2 s it was told, twice
+        # (botocore's own backoff for two retries stays under 3 s)
+        assert _BusyProxy.busy == 0
+    finally:
+        proxy.shutdown()

@@ -20,7 +20,8 @@ never change) and reloaded when an id is not found; an object is one ranged GET 
 one GET however many threads want it at once. Fetched objects are kept in a bounded in-memory
 LRU and on this machine's disk (``DiskCache``: LRU, a size bound and a free-space floor, shared
 by the mount and CLI commands); decoded blocks are cached above by the Repository. Temporary failures (5xx, 408, 429, throttling, connection
-errors) are retried by botocore's standard mode: exponential backoff with jitter, 10 attempts.
+errors) are retried by botocore's standard mode: exponential backoff with jitter, 10 attempts;
+a ``Retry-After`` the service sends is honoured (``_retry_after``).
 
 Credentials come from boto3's usual chain (environment, ``~/.aws``, instance roles) and are
 never written to the repository, the cache or any message: errors name the bucket, the key and
@@ -77,13 +78,36 @@ class S3Error(CorafsError):
     """A request the service refused for good (after retries): names the key and the code."""
 
 
+_ATTEMPTS = 10
+
+
 def _client():
     import boto3
     from botocore.config import Config
     endpoint = os.environ.get("CORAFS_S3_ENDPOINT_URL") or None
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(
-        retries={"mode": "standard", "max_attempts": 10},
+    client = boto3.client("s3", endpoint_url=endpoint, config=Config(
+        retries={"mode": "standard", "max_attempts": _ATTEMPTS},
         max_pool_connections=32, connect_timeout=10, read_timeout=60))
+    client.meta.events.register_first("needs-retry.s3", _retry_after)
+    return client
+
+
+def _retry_after(response=None, attempts=None, **_kw):
+    """A temporary refusal that says when to come back (Retry-After, in seconds) is retried
+    after that long (capped at a minute, with jitter); otherwise botocore's standard mode
+    decides (exponential backoff with jitter)."""
+    if response is None or attempts is None or attempts >= _ATTEMPTS:
+        return None
+    http = response[0]
+    if getattr(http, "status_code", None) not in (408, 429, 500, 502, 503, 504):
+        return None
+    value = (getattr(http, "headers", None) or {}).get("Retry-After")
+    try:
+        delay = float(value)
+    except (TypeError, ValueError):
+        return None
+    import random
+    return min(max(delay, 0.0), 60.0) + random.uniform(0, 0.1)
 
 
 def _code(e) -> str:

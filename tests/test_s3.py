@@ -563,3 +563,26 @@ def test_temporary_refusals_are_retried_after_the_time_the_service_asks(s3env, s
         assert _BusyProxy.busy == 0
     finally:
         proxy.shutdown()
+
+
+def test_prefetch_coalesces_neighbouring_objects_into_one_get(s3env, work):
+    env, url = s3env
+    from concurrent.futures import ThreadPoolExecutor
+    from corafs import Repository
+    p = work / "many.safetensors"
+    safetensors.numpy.save_file({f"t{i}": np.random.default_rng(i).standard_normal(
+        1 << 18, dtype=np.float32) for i in range(16)}, str(p))   # 16 blocks of 1 MiB
+    with Repository.init(url) as r:
+        r.commit("main", {"many.safetensors": str(p)})
+    with Repository(url) as r:
+        gets = []
+        r.store.s3.meta.events.register("before-send.s3.GetObject",
+                                        lambda request, **kw: gets.append(request.url))
+        f = r.open_file(r.entry(r.head("main"), "many.safetensors"))
+        oids = list(dict.fromkeys(f.objs))
+        gets.clear()
+        with ThreadPoolExecutor(2) as pool:
+            r.decoder.prefetch(pool, oids)
+        assert len(gets) <= 4 < len(oids), (len(gets), len(oids))
+        assert f.read(0, f.size) == p.read_bytes()
+        assert len(gets) <= 4                       # everything came from those GETs

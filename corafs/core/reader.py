@@ -125,10 +125,26 @@ class Decoder:
         return arr
 
     def prefetch(self, pool, oids) -> None:
-        """Decode ``oids`` in the background (skipping cached and in-flight ones)."""
-        for oid in oids:
-            if not self.cache.contains(oid) and oid not in self._inflight:
+        """Decode ``oids`` in the background (skipping cached and in-flight ones). A store
+        that can fetch neighbouring objects in one request (``plan_fetch``: S3 coalesces
+        nearby ranges of a pack into one GET) gets them in groups, each fetched at once and
+        then decoded, the groups in parallel."""
+        todo = [o for o in oids if not self.cache.contains(o) and o not in self._inflight]
+        plan = getattr(self.store, "plan_fetch", None)
+        if plan is None:
+            for oid in todo:
                 pool.submit(self._quiet, oid)
+            return
+        for group in plan(todo):
+            pool.submit(self._fetch_group, group)
+
+    def _fetch_group(self, group: list[str]) -> None:
+        try:
+            self.store.fetch_many(group)
+        except Exception:
+            pass            # each object is fetched on its own below, and errors reported
+        for oid in group:
+            self._quiet(oid)
 
     def _quiet(self, oid: str) -> None:
         try:

@@ -15,7 +15,9 @@ but refs is ever overwritten. Refs: created with ``If-None-Match: *``, moved and
 set onto the new head exactly as with the local store. ``check_conditional_writes`` proves at
 ``init`` that the service honours both headers (several have shipped them broken).
 
-Reads: the index tables are listed and loaded once (kept in the local cache directory: they
+Reads (prefetch: neighbouring objects of a pack, as the recipe lists them for the range about
+to be read, come in one GET, ``plan_fetch``/``fetch_many``): the index tables are listed and
+loaded once (kept in the local cache directory: they
 never change) and reloaded when an id is not found; an object is one ranged GET of its pack,
 one GET however many threads want it at once. Fetched objects are kept in a bounded in-memory
 LRU and on this machine's disk (``DiskCache``: LRU, a size bound and a free-space floor, shared
@@ -670,17 +672,79 @@ class S3Store(ObjectStore):
                 raise MissingObject(oid)
             data = got[0]
             self.disk.put(key, data)
+        self._remember(key, data)
+        return data
+
+    def _remember(self, key: str, data: bytes) -> None:
         with self._lock:
-            if key not in self._lru and ln <= self._lru_max // 8:
+            if key not in self._lru and len(data) <= self._lru_max // 8:
                 self._lru[key] = data
-                self._lru_bytes += ln
+                self._lru_bytes += len(data)
                 while self._lru_bytes > self._lru_max:
                     _k, old = self._lru.popitem(last=False)
                     self._lru_bytes -= len(old)
-        return data
 
     def get(self, oid: str):
         return self._fetch(oid)
+
+    #: objects of one pack closer than this are fetched in one GET, up to ``_COALESCE_MAX``
+    _COALESCE_GAP = 1 * _MiB
+    _COALESCE_MAX = 16 * _MiB
+
+    def plan_fetch(self, oids) -> list[list[str]]:
+        """Group objects not cached yet into runs of nearby ranges of one pack (one GET each);
+        the rest alone. Order within a pack follows the offsets."""
+        by_pack: dict[str, list[tuple[int, int, str]]] = {}
+        singles = []
+        for oid in oids:
+            loc = self._index.get(oid)
+            if loc is None or self._cached(oid, loc[0]):
+                singles.append([oid])
+                continue
+            by_pack.setdefault(loc[0], []).append((loc[1], loc[2], oid))
+        groups = []
+        for items in by_pack.values():
+            items.sort()
+            cur, start, end = [], 0, 0
+            for off, ln, oid in items:
+                if cur and (off - end > self._COALESCE_GAP
+                            or off + ln - start > self._COALESCE_MAX):
+                    groups.append(cur)
+                    cur = []
+                if not cur:
+                    start = off
+                cur.append(oid)
+                end = max(end, off + ln) if len(cur) > 1 else off + ln
+            if cur:
+                groups.append(cur)
+        return groups + singles
+
+    def _cached(self, oid: str, pack: str) -> bool:
+        key = f"{oid}.{pack}"
+        with self._lock:
+            if key in self._lru:
+                return True
+        return os.path.exists(self.disk._path(key))
+
+    def fetch_many(self, oids: list[str]) -> None:
+        """Fetch objects of one pack with one ranged GET and cache each (no-op for those
+        cached or in another pack)."""
+        locs = [(oid, self._index.get(oid)) for oid in oids]
+        locs = [(oid, loc) for oid, loc in locs if loc is not None]
+        if len(locs) < 2 or len({loc[0] for _o, loc in locs}) != 1:
+            return
+        pack = locs[0][1][0]
+        start = min(loc[1] for _o, loc in locs)
+        end = max(loc[1] + loc[2] for _o, loc in locs)
+        got = self._get(f"packs/{pack}.pack", f"bytes={start}-{end - 1}")
+        if got is None or len(got[0]) != end - start:
+            return
+        mv = memoryview(got[0])
+        for oid, (_p, off, ln) in locs:
+            key = f"{oid}.{pack}"
+            data = bytes(mv[off - start:off - start + ln])
+            self.disk.put(key, data)
+            self._remember(key, data)
 
     def get_range(self, oid: str, offset: int, length: int):
         pack, off, ln = self._locate(oid)

@@ -1,6 +1,7 @@
 """``corafs mount`` / ``corafs umount``."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -23,6 +24,9 @@ def add(cmd) -> None:
     sp.add_argument("-f", "--foreground", action="store_true", help="stay attached")
     sp.add_argument("--cache-size", default="512M",
                     help="bytes of decoded blocks kept in memory (default 512M)")
+    sp.add_argument("--disk-cache-size", metavar="SIZE",
+                    help="s3:// repositories: bytes of fetched objects kept on this machine's "
+                         "disk (default 10G, or CORAFS_CACHE_SIZE)")
     sp.add_argument("--read-ahead-kb", type=int, default=1024,
                     help="kernel read-ahead for the mount (default 1024; 0 leaves it)")
     sp.add_argument("--log", help="daemon log file (default REPO/logs/mount.log)")
@@ -46,6 +50,9 @@ def add(cmd) -> None:
 
 
 def cmd_mount(a):
+    if a.disk_cache_size:
+        parse_size(a.disk_cache_size)                    # a bad size fails here
+        os.environ["CORAFS_CACHE_SIZE"] = a.disk_cache_size   # the daemon inherits it
     opts = MountOptions(foreground=a.foreground, cache_size=parse_size(a.cache_size),
                         read_ahead_kb=a.read_ahead_kb, debug=a.debug, log_file=a.log,
                         commit_delay=a.commit_delay, author=a.author,

@@ -276,8 +276,21 @@ def test_mount_on_s3_loads_with_torch_and_commits_writes(s3env, work, tmp_path):
     safetensors.numpy.save_file({k: v.numpy() for k, v in sd.items()},
                                 str(work / "model.safetensors"))
     cli(env, "commit", url, work / "model.pth", work / "model.safetensors")
+    (work / "lost.bin").write_bytes(os.urandom(1 << 20))
+    cli(env, "commit", url, work / "lost.bin")
+    from corafs import Repository
+    with Repository(url) as r:                  # the pack holding lost.bin's data only
+        e = r.entry(r.head("main"), "lost.bin")
+        lost_pack = r.store._index[r.get_meta(e["id"])["extents"]["obj"][0]][0]
+    import boto3
+    boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"]).delete_object(
+        Bucket=url[5:].split("/")[0], Key=f"repo/packs/{lost_pack}.pack")
     mnt = tmp_path / "mnt"
     with mounted(url, mnt):
+        # an object deleted on the server: EIO for its file, the others read on
+        with pytest.raises(OSError) as err:
+            (mnt / "main" / "lost.bin").read_bytes()
+        assert err.value.errno == errno.EIO
         got = torch.load(mnt / "main" / "model.pth", weights_only=True)
         assert all(torch.equal(got[k], sd[k]) for k in sd)
         got = torch.load(mnt / "main" / "model.pth", weights_only=True, mmap=True)

@@ -256,7 +256,7 @@ class _Job:
             out: set[str] = set()
             repo = self.repo
             roots = set(repo.branches().values()) | set(repo.tags().values()) | {self.cid}
-            cache = repo.__dict__.setdefault("_held_tensors", {})
+            cache = repo.held_tensors_cache
             for cid in roots:
                 ids = cache.get(cid)
                 if ids is None:

@@ -103,6 +103,8 @@ class Repository:
         #: queued for ``reencode()`` / the next process (False; the CLI runs it itself)
         self.background_reencode = True
         self._reencoder = headfirst.Background(self)
+        #: commit id -> tensor ids its tree holds (commits never change; head-first uses it)
+        self.held_tensors_cache: dict[str, set[str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     @staticmethod

@@ -429,6 +429,14 @@ class S3Store(ObjectStore):
             if not refused(IfMatch='"0123456789abcdef0123456789abcdef"'):
                 missing.append("If-Match (replace only an expected version)")
             if not missing:
+                try:                # deleting a branch is a conditional delete too
+                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel),
+                                          IfMatch='"0123456789abcdef0123456789abcdef"')
+                    missing.append("If-Match on DELETE (delete only an expected version)")
+                except Exception as e:
+                    if not _lost_race(e):
+                        raise
+            if not missing:
                 self._put(rel, b"d", IfMatch=first["ETag"])     # the right ETag must pass
         finally:
             try:

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 from .. import codecs
 from ..errors import CorafsError
-from .objects import META_MAGIC, decode_meta
+from .objects import META_MAGIC, decode_meta, decode_tensor_manifest
 
 
 @dataclasses.dataclass
@@ -153,12 +153,17 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
     return marks
 
 
-def _children(repo, oid: str) -> list[str]:
-    head = bytes(memoryview(repo.store.get_range(oid, 0, 3)))
+def _children(repo, oid: str, payload=None) -> list[str]:
+    """What an object refers to. Given its ``payload`` (a caller that holds it anyway), the
+    store is not read; otherwise only a data block's header is."""
+    head = bytes(memoryview(payload if payload is not None else
+                            repo.store.get_range(oid, 0, 3))[:3])
     if head == META_MAGIC:
         try:
-            obj = decode_meta(oid, repo.store.get(oid)) if len(oid) == 64 else \
-                repo.tensor_manifest(oid)
+            if payload is None:
+                payload = repo.store.get(oid)
+            obj = decode_meta(oid, payload) if len(oid) == 64 else \
+                decode_tensor_manifest(oid, payload)
         except CorafsError:
             return []
         t = obj.get("type")
@@ -176,7 +181,8 @@ def _children(repo, oid: str) -> list[str]:
         return []
     if codecs.is_block(head):
         try:
-            return list(repo.block_header(oid).base_ids)
+            h = codecs.parse_header(payload) if payload is not None else repo.block_header(oid)
+            return list(h.base_ids)
         except Exception:
             return []
     return []

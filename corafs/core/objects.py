@@ -43,6 +43,17 @@ def decode_meta(oid: str, payload) -> dict:
     return json.loads(canon)
 
 
+def decode_tensor_manifest(tid: str, payload) -> dict:
+    """A tensor manifest (its id is the tensor's, so it is checked where tensors are read)."""
+    mv = memoryview(payload)
+    if bytes(mv[:3]) != META_MAGIC:
+        raise CorruptObject(tid, "not a tensor manifest")
+    try:
+        return json.loads(zstd.decompress(mv[3:], 1 << 31))
+    except Exception as e:
+        raise CorruptObject(tid, f"cannot decode the tensor manifest: {e}") from None
+
+
 def data_id(buf) -> str:
     return xxhash.xxh3_128_hexdigest(buf)
 

@@ -88,31 +88,30 @@ def transfer(src, dst, roots: Iterable[str], on_progress: Optional[Callable[[int
     from .gc import _children
     rep = report or TransferReport()
     progress = on_progress or (lambda n: None)
-    order: list[str] = []
     seen: set[str] = set()
-    stack: list[tuple[str, bool]] = [(r, False) for r in roots if r]
-    while stack:                                   # post-order walk of what dst lacks
-        oid, expanded = stack.pop()
-        if expanded:
-            order.append(oid)
-            continue
-        if oid in seen:
-            continue
-        seen.add(oid)
-        if dst.store.has(oid):
-            rep.skipped += 1
-            continue
-        stack.append((oid, True))
-        stack.extend((c, False) for c in _children(src, oid) if c not in seen)
+    # depth first; each object is fetched once, its children read from the payload, and it
+    # is written when they are done (the stack holds the payloads of one path only)
+    stack: list[tuple[str, object]] = [(r, None) for r in roots if r]
     w = dst.store.writer()
     try:
-        for oid in order:
+        while stack:
+            oid, payload = stack.pop()
+            if payload is not None:                 # its children are in: write it
+                w.put(oid, payload)
+                n = len(memoryview(payload))
+                rep.objects += 1
+                rep.bytes += n
+                progress(n)
+                continue
+            if oid in seen:
+                continue
+            seen.add(oid)
+            if dst.store.has(oid):
+                rep.skipped += 1
+                continue
             payload = src.store.get(oid)
-            w.put(oid, payload)
-            n = len(memoryview(payload))
-            rep.objects += 1
-            rep.bytes += n
-            progress(n)
+            stack.append((oid, payload))
+            stack.extend((c, None) for c in _children(src, oid, payload) if c not in seen)
         w.commit()
     except BaseException:
         w.abort()

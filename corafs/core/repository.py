@@ -27,7 +27,8 @@ from ..store import LocalStore, ObjectStore
 from ..store import s3
 from . import headfirst, revparse, tree
 from .ingest import Ingestor, IngestResult
-from .objects import canonical, decode_meta, encode_meta, meta_id
+from .objects import (canonical, decode_meta, decode_tensor_manifest, encode_meta,
+                      meta_id)
 from .reader import BlockCache, Decoder, FileReader
 from .simindex import SimIndex
 
@@ -212,12 +213,7 @@ class Repository:
         writer.put(tid, encode_meta(canonical(manifest), self.tuning.meta_zstd_level))
 
     def tensor_manifest(self, tid: str) -> dict:
-        from .objects import META_MAGIC
-        from ..codecs import zstd
-        payload = memoryview(self.store.get(tid))
-        if bytes(payload[:3]) != META_MAGIC:
-            raise CorafsError(f"object {tid} is not a tensor manifest")
-        return json.loads(zstd.decompress(payload[3:], 1 << 31))
+        return decode_tensor_manifest(tid, self.store.get(tid))
 
     def block_header(self, oid: str) -> "codecs.BlockHeader":
         return codecs.parse_header(self.store.get_range(oid, 0, 600))

@@ -327,6 +327,8 @@ class S3Store(ObjectStore):
         self._lock = threading.RLock()
         self._index: dict[str, tuple[str, int, int]] = {}
         self._packs: dict[str, int] = {}          # name -> bytes
+        self._tables: dict[str, np.ndarray] = {}  # name -> object table
+        self._mtimes: dict[str, float] = {}       # name -> upload time of its index
         self._lru: "collections.OrderedDict[str, bytes]" = collections.OrderedDict()
         self._lru_bytes = 0
         self._lru_max = max(64 * _MiB, tuning.block_cache_bytes // 2)
@@ -366,7 +368,8 @@ class S3Store(ObjectStore):
         except BotoCoreError as e:
             raise _describe(e, self.bucket, self._key(rel)) from None
 
-    def _list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
+    def _list(self, rel_prefix: str) -> Iterator[tuple[str, float]]:
+        """(key below the prefix, upload time) of every object under ``rel_prefix``."""
         from botocore.exceptions import BotoCoreError, ClientError
         base = self._key(rel_prefix)
         strip = len(self._key(""))
@@ -374,7 +377,7 @@ class S3Store(ObjectStore):
             for page in self.s3.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=base):
                 for o in page.get("Contents", []):
-                    yield o["Key"][strip:], int(o.get("Size", 0))
+                    yield o["Key"][strip:], o["LastModified"].timestamp()
         except ClientError as e:
             raise _describe(e, self.bucket, base) from None
         except BotoCoreError as e:
@@ -455,7 +458,7 @@ class S3Store(ObjectStore):
         """Load the tables of packs not seen yet (other writers, other machines), and the
         packs a gc has scheduled for deletion."""
         self._doomed = self._read_doomed()
-        for rel, _size in self._list("index/"):
+        for rel, mtime in self._list("index/"):
             name = rel[len("index/"):-len(".idx")]
             if not rel.endswith(".idx") or name in self._packs:
                 continue
@@ -475,12 +478,15 @@ class S3Store(ObjectStore):
                 with open(tmp, "wb") as f:
                     np.save(f, table)
                 os.replace(tmp, cached)
-            self._add(name, table)
+            self._add(name, table, mtime)
 
-    def _add(self, name: str, table: np.ndarray) -> None:
+    def _add(self, name: str, table: np.ndarray, mtime: Optional[float] = None) -> None:
+        """Index a pack; ``mtime``: its upload time (now, for a pack this process wrote)."""
         key = pack_order(f"pack-{name}")
         with self._lock:
+            self._mtimes[name] = time.time() if mtime is None else mtime
             self._packs[name] = int(table["len"].sum()) if len(table) else 0
+            self._tables[name] = table
             for oid, off, ln in zip(table["id"].tolist(), table["off"].tolist(),
                                     table["len"].tolist()):
                 oid = oid.decode()
@@ -595,32 +601,20 @@ class S3Store(ObjectStore):
     def packs(self) -> dict[str, dict]:
         """Every pack: bytes, mtime (the index's upload time) and object table."""
         self._scan()
-        when = {rel[len("index/"):-len(".idx")]: t for rel, t in self._list_times("index/")}
-        out = {}
-        for name in list(self._packs):
-            cached = os.path.join(self.idxdir, name + ".idx")
-            if name not in when or not os.path.exists(cached):
-                continue
-            table = np.load(cached, allow_pickle=False)
-            out[name] = {"bytes": self._packs[name], "mtime": when[name], "table": table}
-        return out
-
-    def _list_times(self, rel_prefix: str):
-        strip = len(self._key(""))
-        for page in self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._key(rel_prefix)):
-            for o in page.get("Contents", []):
-                yield o["Key"][strip:], o["LastModified"].timestamp()
+        with self._lock:
+            return {name: {"bytes": self._packs[name], "mtime": self._mtimes.get(name, 0.0),
+                           "table": self._tables[name]} for name in self._packs}
 
     def location(self, oid: str):
         return self._index.get(oid)
 
     def rescan(self) -> None:
+        """Forget the index and load it again (packs were removed or re-encoded). The caches
+        stay: they are keyed by object and pack, so nothing in them goes stale."""
         with self._lock:
             self._index.clear()
             self._packs.clear()
-            self._lru.clear()
-            self._lru_bytes = 0
+            self._tables.clear()
         self._scan()
 
     def remove_packs(self, names) -> int:

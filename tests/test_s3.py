@@ -16,7 +16,7 @@ import pytest
 import safetensors.numpy
 
 from conftest import sha256_bytes, sha256_file
-from mountutil import mounted, needs_fuse, settled, wait_for
+from mountutil import mounted, needs_fuse, wait_for
 
 SECRET = "corafs-test-secret-Zq81xW"
 
@@ -514,9 +514,12 @@ def test_two_mounts_on_two_machines_race_commits_on_one_branch(s3env, work, tmp_
         os.environ["CORAFS_CACHE_DIR"] = env["CORAFS_CACHE_DIR"]
 
         def write(m):
+            machine = {**env, "CORAFS_CACHE_DIR": str(tmp_path / f"machine{m}")}
             for i in range(5):
                 (mounts[m] / "main" / f"m{m}-{i}.txt").write_text(f"machine {m} file {i}\n")
-                time.sleep(0.3)            # separate commits, interleaved with the other
+                # one commit per file, racing the other machine's: wait until it is in
+                assert wait_for(lambda: "nothing staged" in cli(machine, "status", url).stdout,
+                                timeout=60)
         threads = [threading.Thread(target=write, args=(m,)) for m in range(2)]
         for t in threads:
             t.start()
@@ -531,7 +534,6 @@ def test_two_mounts_on_two_machines_race_commits_on_one_branch(s3env, work, tmp_
         # each mount shows the other machine's files within a few seconds
         for mnt in mounts:
             assert wait_for(lambda: len(os.listdir(mnt / "main")) == 10, timeout=30)
-    from corafs import Repository
     with Repository(url) as r:
         for m in range(2):
             for i in range(5):

@@ -20,46 +20,16 @@ import argparse
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from common import cat, corafs, drop_caches, timed_load  # noqa: E402
 from transformer_run import generate, parameters  # noqa: E402
 
 from corafs import Repository  # noqa: E402
 from corafs.config import DEFAULT  # noqa: E402
-
-
-def corafs(*args):
-    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
-def drop_caches():
-    subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def cat(path) -> float:
-    t = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while f.read(1 << 20):
-            pass
-    return time.perf_counter() - t
-
-
-def timed_load(path, mmap) -> float:
-    code = ("import sys, time, torch\n"
-            "t = time.perf_counter()\n"
-            "sd = torch.load(sys.argv[1], weights_only=True, mmap=sys.argv[2] == '1')\n"
-            "s = sum(float(v.float().sum()) for v in sd.values())\n"
-            "print(time.perf_counter() - t)\n")
-    p = subprocess.run([sys.executable, "-c", code, path, "1" if mmap else "0"],
-                       capture_output=True, text=True, check=True)
-    return float(p.stdout.strip())
 
 
 def commit_series(repo_path, series, kind, tuning):

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+from common import corafs, drop_caches  # noqa: E402
 
 
 def free_port():
@@ -34,21 +35,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def drop_caches():
-    subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
 def timed(fn):
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def corafs(*args):
-    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL)
 
 
 def clients(endpoint, bucket):

@@ -1,6 +1,7 @@
 """Cold torch.load through the mount against local disk, in one run (issue 9, item 4).
 
-A ~512 MB state dict (.pth) is committed twice (a fine-tune: the head is stored as deltas);
+A ~512 MB state dict (.pth) is committed twice (a fine-tune: the head stored whole, the first
+version as a delta against it);
 then, after drop_caches and on a fresh mount each time: torch.load of the head and of the first
 version through the mount, and of the same bytes from local disk. Prints times and ratios.
 
@@ -9,33 +10,13 @@ version through the mount, and of the same bytes from local disk. Prints times a
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 import torch
 
-
-def corafs(*args):
-    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
-def drop_caches():
-    subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def timed_load(path, mmap):
-    code = ("import sys, time, torch\n"
-            "t = time.perf_counter()\n"
-            "sd = torch.load(sys.argv[1], weights_only=True, mmap=sys.argv[2] == '1')\n"
-            "s = sum(float(v.float().sum()) for v in sd.values())\n"
-            "print(time.perf_counter() - t)\n")
-    p = subprocess.run([sys.executable, "-c", code, path, "1" if mmap else "0"],
-                       capture_output=True, text=True, check=True)
-    return float(p.stdout.strip())
+sys.path.insert(0, os.path.dirname(__file__))
+from common import corafs, drop_caches, timed_load  # noqa: E402
 
 
 def main():
@@ -59,7 +40,7 @@ def main():
             shutil.copy(p, os.path.join(work, "model.pth"))
             corafs("commit", repo, os.path.join(work, "model.pth"))
         rows = []
-        for label, local, spec in (("head (deltas)", p2, "main"), ("first (keyframes)", p1,
+        for label, local, spec in (("head", p2, "main"), ("first (history)", p1,
                                                                     "main~1")):
             drop_caches()
             t_local = timed_load(local, a.mmap)

@@ -56,7 +56,7 @@ def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = Fa
            on_progress: Optional[Callable[[int], None]] = None, min_waste: float = 0.0,
            consolidate: bool = True, _locked: bool = False) -> GcReport:
     """Queued head-first re-encoding runs first (its superseded encodings are then dropped
-    too); repack and re-encoding exclude each other (``objects/reencode/lock``): a copy made
+    too); repack and re-encoding exclude each other (the store's ``reencode`` lease): a copy made
     by a repack must never bring back an encoding that re-encoding replaced meanwhile."""
     store = repo.store
     if not hasattr(store, "packs"):
@@ -126,8 +126,6 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
     """Object ids wanted. Without ``collect`` every object is wanted (repack only drops
     duplicates); with it, what the roots reach."""
     store = repo.store
-    exists = (lambda o: store.location(o) is not None) if hasattr(store, "gc_records") \
-        else store.has
     now = time.time()
     if not collect:
         return {oid for oid in store.ids()}
@@ -146,8 +144,8 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
     stack = [r for r in roots if r]
     while stack:
         oid = stack.pop()
-        if oid in marks or not exists(oid):
-            continue
+        if oid in marks or store.location(oid) is None:    # stored at all (``has`` may
+            continue                                        # discount what a gc scheduled)
         marks.add(oid)
         stack.extend(_children(repo, oid))
     return marks

@@ -31,9 +31,10 @@ delta away from a keyframe.
 
 Safety:
 * a block is re-encoded only against a keyframe, and only while it is a keyframe itself, so
-  no chain can loop; jobs run one at a time per repository (``objects/reencode/lock``, also
-  taken by repack so a copy never resurrects an old encoding; on S3, a lease object across
-  machines, after which the index is reloaded);
+  no chain can loop; jobs run one at a time per repository (the store's ``reencode`` lease:
+  ``objects/reencode.lock`` locally, a lease object across machines on S3), also taken by
+  repack so a copy never resurrects an old encoding, and the index is refreshed once it is
+  held;
 * every new encoding is decoded and checked against the object id before it is written;
 * a job's encodings land in one pack (durable on commit) before the job file is removed; a
   crash leaves the job to run again (blocks already re-encoded are skipped) and its
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import threading
 import time
@@ -99,27 +99,14 @@ def pending(repo) -> list[str]:
 
 @contextlib.contextmanager
 def lock(repo, blocking: bool = True):
-    """One re-encoder (or repack) per repository at a time, across processes (a file lock),
-    or across machines for a remote store (its lease). Yields whether the lock was taken
-    (always, when blocking)."""
-    if hasattr(repo.store, "lease"):
-        with repo.store.lease("reencode", blocking) as got:
-            if got:
-                repo.store.rescan()     # what other machines re-encoded: never decide on a
-            yield got                   # stale view (only keyframes are re-encoded)
-        return
-    d = _dir(repo)
-    os.makedirs(d, exist_ok=True)
-    fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    """One re-encoder (or repack) per repository at a time: the store's lease (a file lock
+    locally, a lease object shared by every machine on S3). Yields whether it was taken
+    (always, when blocking). Once taken, the index takes in what others re-encoded: a block
+    is re-encoded only while it is a keyframe, which must not be judged on a stale view."""
+    with repo.store.lease("reencode", blocking) as got:
+        if got:
+            repo.store.refresh()
+        yield got
 
 
 def run_pending(repo, cancel: Optional[threading.Event] = None, repack: bool = True,

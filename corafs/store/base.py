@@ -99,5 +99,15 @@ class ObjectStore(abc.ABC):
     def reflog_refs(self) -> list[str]:
         return []
 
+    def lease(self, name: str, blocking: bool = True):
+        """Context manager: hold the repository-wide lock ``name`` against every other holder
+        (processes, or machines for a shared remote store). Yields whether it was taken
+        (always, when blocking)."""
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Take in what other writers stored since the index was loaded (new packs, newer
+        copies of objects)."""
+
     def close(self) -> None:
         pass

@@ -404,6 +404,29 @@ class LocalStore(ObjectStore):
                 os.close(fd)
         return held()
 
+    def lease(self, name: str, blocking: bool = True):
+        """``objects/<name>.lock``, an exclusive flock (released by the kernel however the
+        holder ends)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            fd = os.open(os.path.join(self.objdir, f"{name}.lock"), os.O_RDWR | os.O_CREAT,
+                         0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    yield False
+                    return
+                yield True
+            finally:
+                os.close(fd)
+        return held()
+
+    def refresh(self) -> None:
+        self._scan()
+
     def bump_generation(self) -> None:
         gen = self._read_generation() + 1
         atomic_write(os.path.join(self.objdir, "gc-generation"), f"{gen}\n".encode(),

@@ -489,6 +489,9 @@ class S3Store(ObjectStore):
     def location(self, oid: str):
         return self._index.get(oid)
 
+    def refresh(self) -> None:
+        self._scan()
+
     def rescan(self) -> None:
         """Forget the index and load it again (packs were removed or re-encoded). The caches
         stay: they are keyed by object and pack, so nothing in them goes stale."""

@@ -21,8 +21,9 @@ through at most ``max_delta_depth`` deltas, and a long history holds two keyfram
 (the head and the root), as forward deltas anchored at the root held one.
 
 A head block that stays a keyframe once replaced (a run's root, or no delta pays) is
-compressed then (planes + zstd). Per block the delta codec is chosen as at ingest (XOR, ordered subtraction, keyframe). When the block
-below the old head is a first-order delta against it, it is upgraded to second order
+compressed then (planes + zstd). Per block the delta codec is chosen as at ingest (XOR,
+ordered subtraction, keyframe). When the block below the old head is a first-order delta
+against it, it is upgraded to second order
 (residual against ``2*old - new``: training moves weights in consistent directions) where that
 is smaller. Blocks of branch heads and tags stay keyframes: a block that any branch head or tag
 still holds is not re-encoded (it is, once nothing holds it: when the other branch moves on),

@@ -15,15 +15,16 @@ but refs is ever overwritten. Refs: created with ``If-None-Match: *``, moved and
 set onto the new head exactly as with the local store. ``check_conditional_writes`` proves at
 ``init`` that the service honours both headers (several have shipped them broken).
 
-Reads (prefetch: neighbouring objects of a pack, as the recipe lists them for the range about
-to be read, come in one GET, ``plan_fetch``/``fetch_many``): the index tables are listed and
-loaded once (kept in the local cache directory: they
-never change) and reloaded when an id is not found; an object is one ranged GET of its pack,
-one GET however many threads want it at once. Fetched objects are kept in a bounded in-memory
-LRU and on this machine's disk (``DiskCache``: LRU, a size bound and a free-space floor, shared
-by the mount and CLI commands); decoded blocks are cached above by the Repository. Temporary failures (5xx, 408, 429, throttling, connection
-errors) are retried by botocore's standard mode: exponential backoff with jitter, 10 attempts;
-a ``Retry-After`` the service sends is honoured (``_retry_after``).
+Reads: the index tables are listed and loaded once (kept in the local cache directory: they
+never change) and again when an id is not found; an object is one ranged GET of its pack, one
+GET however many threads want it at once, and a prefetch gets neighbouring objects of a pack
+(as the recipe lists them for the range about to be read) in one GET (``plan_fetch``,
+``fetch_many``). Fetched objects are kept in a bounded in-memory LRU and on this machine's disk
+(``DiskCache``); decoded blocks are cached above by the Repository.
+
+Temporary failures (5xx, 408, 429, throttling, connection errors) are retried by botocore's
+standard mode: exponential backoff with jitter, 10 attempts; a ``Retry-After`` the service
+sends is honoured (``_retry_after``).
 
 Credentials come from boto3's usual chain (environment, ``~/.aws``, instance roles) and are
 never written to the repository, the cache or any message: errors name the bucket, the key and

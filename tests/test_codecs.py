@@ -109,6 +109,8 @@ class _Flip:
             data[self.pos] ^= 0xFF
         return bytes(data)
 
+    read_block = get            # what the decoder reads blocks with
+
 
 @pytest.mark.parametrize("pos", [-5, 40, 3])
 def test_corrupt_block_detected(repo, work, pos):

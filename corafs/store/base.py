@@ -105,6 +105,16 @@ class ObjectStore(abc.ABC):
         (always, when blocking)."""
         raise NotImplementedError
 
+    def read_block(self, oid: str):
+        """A data object's payload for decoding: bytes, or a read-only buffer over memory
+        the store filled (the local store reads large blocks with O_DIRECT when the tuning
+        asks for it)."""
+        return self.get(oid)
+
+    def advise(self, oids) -> None:
+        """A hint that ``oids`` will be read soon: a store may start fetching them now, in
+        the background (the local store asks the kernel to read their pack ranges ahead)."""
+
     def refresh(self) -> None:
         """Take in what other writers stored since the index was loaded (new packs, newer
         copies of objects)."""

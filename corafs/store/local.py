@@ -30,6 +30,7 @@ handles are reference-counted: one evicted from the table is closed when its las
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import os
 import re
@@ -44,6 +45,8 @@ import numpy as np
 from ..config import DEFAULT, Tuning
 from ..errors import CorruptObject, InvalidName, MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
+
+_ALIGN = 4096             # O_DIRECT offsets, lengths and buffers: one page covers devices
 
 _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
 _DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
@@ -260,13 +263,47 @@ class _Pack:
             raise OSError(f"{path}: pack data is not one contiguous dataset")
         self.fd = os.open(path, os.O_RDONLY)
         self.file_size = os.fstat(self.fd).st_size
+        self.path = path
+        self.dfd = None         # O_DIRECT descriptor, opened on first use; -1: not supported
         self.users = 0          # reads in progress (guarded by the store's lock)
         self.evicted = False
 
     def read(self, off: int, ln: int) -> bytes:
         return os.pread(self.fd, ln, self.offset + off)
 
+    def read_direct(self, off: int, ln: int):
+        """``ln`` bytes at ``off`` read with O_DIRECT into an aligned buffer (a read-only
+        memoryview of it), or None where the filesystem does not allow it."""
+        if self.dfd is None:
+            try:
+                self.dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+            except (OSError, AttributeError):      # a filesystem or OS without O_DIRECT
+                self.dfd = -1
+        if self.dfd < 0:
+            return None
+        start = self.offset + off
+        a0 = start & ~(_ALIGN - 1)
+        a1 = (start + ln + _ALIGN - 1) & ~(_ALIGN - 1)
+        buf = np.empty(a1 - a0 + _ALIGN, dtype=np.uint8)
+        pad = -buf.ctypes.data % _ALIGN
+        view = buf[pad:pad + a1 - a0]
+        try:
+            got = os.preadv(self.dfd, [view], a0)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            os.close(self.dfd)          # alignment this device refuses: buffered from now on
+            self.dfd = -1
+            return None
+        if got < start - a0 + ln:
+            return None                 # short (the caller's buffered read reports why)
+        mv = memoryview(view)[start - a0:start - a0 + ln]
+        return mv.toreadonly()
+
     def close(self) -> None:
+        if self.dfd is not None and self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -617,23 +654,61 @@ class LocalStore(ObjectStore):
     def get(self, oid: str):
         return self._read_obj(oid, 0, None)
 
+    def read_block(self, oid: str):
+        return self._read_obj(oid, 0, None, self.tuning.direct_reads)
+
+    def advise(self, oids) -> None:
+        """Start the kernel reading the packs' ranges of ``oids`` (posix_fadvise WILLNEED,
+        neighbouring ranges merged): the disk works at its own queue depth while the decode
+        threads are busy, as the kernel's read-ahead does for a local file. Direct reads
+        bypass the page cache, so with them this does nothing."""
+        if self.tuning.direct_reads:
+            return
+        spans: dict[str, list] = {}
+        for oid in oids:
+            loc = self._index.get(oid)
+            if loc is not None:
+                spans.setdefault(loc[0], []).append((loc[1], loc[1] + loc[2]))
+        for pack, rs in spans.items():
+            rs.sort()
+            merged = [list(rs[0])]
+            for a, b in rs[1:]:
+                if a <= merged[-1][1] + (256 << 10):
+                    merged[-1][1] = max(merged[-1][1], b)
+                else:
+                    merged.append([a, b])
+            with self._lock:
+                try:
+                    h = self._handle(pack)
+                except FileNotFoundError:
+                    continue
+                h.users += 1
+            try:
+                for a, b in merged:
+                    os.posix_fadvise(h.fd, h.offset + a, b - a, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass                     # a hint only
+            finally:
+                self._release(h)
+
     def get_range(self, oid: str, offset: int, length: int):
         return self._read_obj(oid, offset, length)
 
-    def _read_obj(self, oid: str, rel: int, length: Optional[int]):
+    def _read_obj(self, oid: str, rel: int, length: Optional[int], direct: bool = False):
         for attempt in (0, 1):
             pack, off, ln = self._locate(oid)
             if rel < 0 or rel > ln:
                 raise ValueError(f"range outside object {oid}")
             n = ln - rel if length is None else min(length, ln - rel)
             try:
-                return self._read(oid, pack, off + rel, n)
+                return self._read(oid, pack, off + rel, n,
+                                  direct and n >= self.tuning.direct_read_min)
             except _PackGone:
                 if attempt:
                     raise CorruptObject(oid, f"pack {pack} vanished") from None
                 self.rescan()            # a gc moved it: the index learns where
 
-    def _read(self, oid, pack, off, ln):
+    def _read(self, oid, pack, off, ln, direct: bool = False):
         if ln == 0:
             return b""
         h = None
@@ -646,7 +721,9 @@ class LocalStore(ObjectStore):
                 h.users += 1
             if off + ln > h.length or h.offset + off + ln > h.file_size:
                 raise CorruptObject(oid, f"pack {pack} is truncated")
-            data = h.read(off, ln)
+            data = h.read_direct(off, ln) if direct else None
+            if data is None:
+                data = h.read(off, ln)
             if len(data) != ln:
                 raise CorruptObject(oid, f"short read from pack {pack}")
             return data

@@ -5,6 +5,7 @@ A file recipe's extents are ``(length, object id, offset in the decoded object)`
 its first extent with ``numpy.searchsorted`` over cumulative offsets and splices."""
 from __future__ import annotations
 
+import bisect
 import collections
 import threading
 from concurrent.futures import Future
@@ -108,7 +109,7 @@ class Decoder:
     def _decode(self, oid: str, _depth: int) -> np.ndarray:
         if _depth > 64:
             raise CorruptObject(oid, "delta chain too deep (cycle?)")
-        payload = self.store.get(oid)
+        payload = self.store.read_block(oid)
         try:
             arr = codecs.decode_block(payload, lambda b: self.raw(b, _depth + 1))
         except CorafsError:          # missing base objects, corrupt bases: already typed
@@ -130,6 +131,7 @@ class Decoder:
         nearby ranges of a pack into one GET) gets them in groups, each fetched at once and
         then decoded, the groups in parallel."""
         todo = [o for o in oids if not self.cache.contains(o) and o not in self._inflight]
+        self.store.advise(todo)
         plan = getattr(self.store, "plan_fetch", None)
         if plan is None:
             for oid in todo:
@@ -185,7 +187,7 @@ class FileReader:
             if view:
                 return memoryview(obj)[o:o + end - offset]
             return obj[o:o + end - offset].tobytes()
-        out = bytearray(end - offset)
+        out = np.empty(end - offset, dtype=np.uint8)     # every byte is written below
         mv = memoryview(out)
         pos = offset
         while pos < end:
@@ -198,7 +200,7 @@ class FileReader:
             mv[pos - offset:pos - offset + (b - a)] = obj[o + a:o + b]
             pos += b - a
             i += 1
-        return out if view else bytes(out)
+        return mv if view else out.tobytes()
 
     def read_cached(self, offset: int, size: int, view: bool = False):
         """The bytes if every object the range needs is already decoded, else None (so a
@@ -238,3 +240,94 @@ class FileReader:
             obj = fut.result() if fut is not None else self.decoder.raw(oid)
             o = int(self.offs[i])
             yield memoryview(obj)[o:o + int(self.lens[i])]
+
+
+def read_plan(manifest: dict, size: int) -> list[tuple[int, int]]:
+    """The byte ranges of a stored file in the order its format's loaders read them.
+
+    ``torch.load`` reads the zip's directory at the end first, then ``data.pkl`` at the
+    start, then the records in the order the pickle names them, which is the order
+    ``torch.save`` wrote them; safetensors readers read the header, then the tensors. Each
+    tensor is one range (with the bytes up to the next one), so the plan covers the file."""
+    offs = sorted((int(t["offset"]), int(t["offset"]) + int(t["nbytes"]))
+                  for t in manifest.get("tensors") or () if int(t["nbytes"]) > 0)
+    if not offs:
+        return [(0, size)] if size else []
+    cuts = [a for a, _b in offs]
+    data_end = max(b for _a, b in offs)
+    segs = [(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1)] + [(cuts[-1], data_end)]
+    head = [(0, cuts[0])] if cuts[0] > 0 else []
+    tail = [(data_end, size)] if data_end < size else []
+    if manifest.get("format") == "pth":
+        return tail + head + segs
+    return head + segs + tail
+
+
+class ReadAhead:
+    """What to decode ahead of one open file, from its recipe.
+
+    Reads are placed on the file's read plan (``read_plan``): a read that continues along
+    the plan, as a loader's do, widens the window decoded ahead of it (doubling from
+    ``start`` to ``limit``, like the kernel's read-ahead); a read elsewhere starts over
+    from ``start``. Opening the file decodes the plan's first ``start`` bytes, so the
+    zip directory, the pickle or the header, and the first tensors are on their way before
+    the loader asks. The kernel's own read-ahead requests may arrive out of order: anything
+    within ``start`` of the frontier counts as continuing."""
+
+    def __init__(self, reader: FileReader, start: int = 8 << 20, limit: int = 64 << 20):
+        self.reader = reader
+        self.start, self.limit = start, limit
+        self.segs = read_plan(reader.manifest, reader.size) if hasattr(reader, "manifest") \
+            else [(0, reader.size)]
+        self.by_offset = sorted(range(len(self.segs)), key=lambda i: self.segs[i][0])
+        self.seg_a = [self.segs[i][0] for i in self.by_offset]
+        self.cum = [0]
+        for a, b in self.segs:
+            self.cum.append(self.cum[-1] + b - a)
+        self.frontier = 0          # plan position just past the reads so far
+        self.done_to = 0           # plan position decoded (or asked for) up to
+        self.window = 0
+
+    def _pos(self, off: int) -> int:
+        """Plan position of byte ``off``."""
+        k = bisect.bisect_right(self.seg_a, off) - 1
+        i = self.by_offset[max(k, 0)]
+        a, b = self.segs[i]
+        return self.cum[i] + min(max(off - a, 0), b - a)
+
+    def _objects(self, p0: int, p1: int) -> list[str]:
+        """Object ids of plan positions ``[p0, p1)``, in plan order."""
+        out: list[str] = []
+        i = bisect.bisect_right(self.cum, p0) - 1
+        while i < len(self.segs) and self.cum[i] < p1:
+            a, b = self.segs[i]
+            lo = a + max(0, p0 - self.cum[i])
+            hi = a + min(b - a, p1 - self.cum[i])
+            if hi > lo:
+                out.extend(self.reader.objects_for(lo, hi - lo))
+            i += 1
+        return list(dict.fromkeys(out))
+
+    def opened(self) -> list[str]:
+        self.window = self.start
+        self.done_to = min(self.cum[-1], self.start)
+        return self._objects(0, self.done_to)
+
+    def read(self, off: int, n: int) -> list[str]:
+        """Objects to decode ahead after a read of ``n`` bytes at ``off``."""
+        if n <= 0 or not self.segs:
+            return []
+        p = self._pos(off)
+        if abs(p - self.frontier) <= self.start:
+            self.window = min(self.limit, max(self.start, self.window * 2))
+            self.frontier = max(self.frontier, self._pos(off + n - 1) + 1)
+        else:                                      # a jump: start over from here
+            self.window = self.start
+            self.frontier = self._pos(off + n - 1) + 1
+            self.done_to = self.frontier
+        start = max(self.frontier, self.done_to)
+        end = min(self.cum[-1], self.frontier + self.window)
+        if end <= start:
+            return []
+        self.done_to = end
+        return self._objects(start, end)

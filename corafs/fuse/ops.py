@@ -22,6 +22,7 @@ from typing import Optional
 import pyfuse3
 import trio
 
+from ..core.reader import FileReader, ReadAhead
 from ..errors import CorafsError, CorruptObject, InvalidName, NotFound, RefExists
 from ..view import MountView
 
@@ -66,15 +67,12 @@ def _guard(fn):
 
 
 class _FileHandle:
-    __slots__ = ("reader", "inode", "next_off", "prefetched_to", "window", "run_start")
+    __slots__ = ("reader", "inode", "ahead")
 
-    def __init__(self, reader, inode):
+    def __init__(self, reader, inode, ahead):
         self.reader = reader
         self.inode = inode
-        self.next_off = 0
-        self.prefetched_to = 0
-        self.window = 0
-        self.run_start = 0
+        self.ahead = ahead          # ReadAhead, or None for a staged file (read from disk)
 
 
 class _WriteHandle:
@@ -94,8 +92,8 @@ class Operations(pyfuse3.Operations):
     #: for writing are served (the kernel may read-modify-write pages).
     enable_writeback_cache = True
 
-    def __init__(self, view: MountView, read_threads: int = 4, prefetch_bytes: int = 32 << 20,
-                 prefetch_start: int = 4 << 20, on_change=None):
+    def __init__(self, view: MountView, read_threads: int = 4, prefetch_bytes: int = 64 << 20,
+                 prefetch_start: int = 8 << 20, on_change=None):
         super().__init__()
         self.view = view
         self.staging = view.staging
@@ -245,7 +243,11 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
         reader = await self._run(self.view.open_reader, inode)
         fh = self._fh()
-        self.files[fh] = _FileHandle(reader, inode)
+        ahead = None
+        if isinstance(reader, FileReader):
+            ahead = ReadAhead(reader, self.prefetch_start, self.prefetch_bytes)
+            self.repo.decoder.prefetch(self.repo.pool, ahead.opened())
+        self.files[fh] = _FileHandle(reader, inode, ahead)
         # the page cache of an inode stays valid: committed content never changes under one
         # inode (another writer's version is a new node), and writes through this mount go
         # through the kernel's own cache
@@ -267,29 +269,12 @@ class Operations(pyfuse3.Operations):
         return data
 
     def _prefetch(self, h: _FileHandle, off: int, n: int) -> None:
-        """Sequential reads decode ahead in the repository's worker pool. Like the kernel's
-        read-ahead, the window starts small and doubles while reads stay sequential, so a
-        short read (one tensor out of a large file) decodes little beyond what it asked."""
-        # the kernel's read-ahead requests run concurrently and may arrive out of order:
-        # anything near the frontier counts as sequential
-        sequential = abs(off - h.next_off) <= (4 << 20)
-        h.next_off = max(h.next_off, off + n) if sequential else off + n
-        if not sequential or n == 0:
-            h.window = 0
-            h.prefetched_to = 0
-            h.run_start = off
-            return
-        # read ahead at most a quarter of what was read sequentially so far: a long read soon
-        # gets the full window, a short one (one tensor) decodes little beyond itself
-        h.window = min(self.prefetch_bytes, max(self.prefetch_start, h.window * 2),
-                       max(self.prefetch_start, (h.next_off - h.run_start) // 4))
-        start = max(h.next_off, h.prefetched_to)
-        end = min(h.reader.size, h.next_off + h.window)
-        if end <= start:
-            return
-        oids = h.reader.objects_for(start, end - start)
-        h.prefetched_to = end
-        self.repo.decoder.prefetch(self.repo.pool, oids)
+        """Decode ahead of the reader along its file's read plan (core.reader.ReadAhead), in
+        the repository's worker pool."""
+        if h.ahead is not None:
+            oids = h.ahead.read(off, n)
+            if oids:
+                self.repo.decoder.prefetch(self.repo.pool, oids)
 
     async def release(self, fh):
         h = self.files.pop(fh, None)

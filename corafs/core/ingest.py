@@ -49,7 +49,10 @@ class Ingestor:
         self.t = repo.tuning
         self.on_progress = on_progress or (lambda n: None)
         self.lossy = lossy
-        self._inflight: "collections.deque[Future]" = collections.deque()
+        #: encodes in submission order; their payloads are written in that order (a file's
+        #: blocks lie in the pack as the file reads, so a cold read of it is sequential)
+        self._inflight: "collections.deque[tuple[str, Future]]" = collections.deque()
+        self._payloads: dict[str, bytes] = {}
         self._submitted: dict[str, Future] = {}
         self._new_bytes = 0
         self._lock = threading.Lock()
@@ -128,9 +131,8 @@ class Ingestor:
     def abandon(self) -> None:
         """After a file failed midway: wait for its encodes, forget what they were for."""
         while self._inflight:
-            fut = self._inflight.popleft()
             try:
-                fut.result()
+                self._write_next()
             except Exception:
                 pass
         self._submitted = {k: f for k, f in self._submitted.items()
@@ -257,10 +259,20 @@ class Ingestor:
         if oid in self._submitted or self.writer.has(oid) or self.store.has(oid):
             return
         while len(self._inflight) >= 2 * self.t.workers:
-            self._inflight.popleft().result()
+            self._write_next()
         fut = self.pool.submit(self._encode, oid, buf, dtype, base)
         self._submitted[oid] = fut
-        self._inflight.append(fut)
+        self._inflight.append((oid, fut))
+
+    def _write_next(self) -> None:
+        """Wait for the oldest encode and write its payload."""
+        oid, fut = self._inflight.popleft()
+        try:
+            fut.result()
+        finally:
+            payload = self._payloads.pop(oid, None)
+        if payload is not None:
+            self.writer.put(oid, payload)
 
     def _encode(self, oid: str, buf: np.ndarray, dtype: str, base) -> tuple[str, int]:
         base_raw = base_id = base2_raw = base2_id = None
@@ -291,14 +303,14 @@ class Ingestor:
             # compression saves little here: the newest version is stored raw (a read is a
             # copy, not a decode); it is compressed once a newer version replaces it
             payload, codec, d = codecs.encode_block(buf, dtype, self.t.zstd_level, codec="raw")
-        self.writer.put(oid, payload)
         with self._lock:
+            self._payloads[oid] = payload
             self._new_bytes += len(payload)
         return codec, d
 
     def _drain(self) -> None:
         while self._inflight:
-            self._inflight.popleft().result()
+            self._write_next()
 
     def _finish_tensors(self, tensors: list[dict]) -> None:
         """Write the tensor manifests of an ingested file (needs the encode results)."""

@@ -79,7 +79,7 @@ def test_read_ahead_follows_torch_load_order_and_restarts_after_a_jump(repo, wor
     r = FileReader(repo.decoder, m)
     plan = read_plan(m, r.size)
     ahead = ReadAhead(r, start=128 << 10, limit=1 << 20)
-    first = ahead.opened()
+    first = ahead.objects(ahead.opened())
     # opening asks for the zip directory and the pickle before the loader does
     assert set(r.objects_for(plan[0][0], plan[0][1] - plan[0][0])) <= set(first)
     assert set(r.objects_for(0, plan[1][1])) <= set(first)
@@ -88,7 +88,7 @@ def test_read_ahead_follows_torch_load_order_and_restarts_after_a_jump(repo, wor
     asked = list(first)
     windows = []
     for a, b in plan:
-        asked += ahead.read(a, b - a)
+        asked += ahead.objects(ahead.read(a, b - a))
         windows.append(ahead.window)
     assert windows[-1] == 1 << 20 and windows == sorted(windows)
     every = [o for a, b in plan for o in r.objects_for(a, b - a)]
@@ -101,7 +101,7 @@ def test_read_ahead_follows_torch_load_order_and_restarts_after_a_jump(repo, wor
     ahead2 = ReadAhead(r, start=128 << 10, limit=1 << 20)
     ahead2.opened()
     a, b = plan[12]
-    got = ahead2.read(a, b - a)
+    got = ahead2.objects(ahead2.read(a, b - a))
     assert ahead2.window == 128 << 10
     assert sum(len(repo.store.get(o)) for o in got) <= 3 * (128 << 10)
 

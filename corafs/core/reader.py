@@ -295,26 +295,38 @@ class ReadAhead:
         a, b = self.segs[i]
         return self.cum[i] + min(max(off - a, 0), b - a)
 
-    def _objects(self, p0: int, p1: int) -> list[str]:
-        """Object ids of plan positions ``[p0, p1)``, in plan order."""
-        out: list[str] = []
+    def _ranges(self, p0: int, p1: int) -> list[tuple[int, int]]:
+        """File byte ranges of plan positions ``[p0, p1)``, in plan order."""
+        out: list[tuple[int, int]] = []
         i = bisect.bisect_right(self.cum, p0) - 1
         while i < len(self.segs) and self.cum[i] < p1:
             a, b = self.segs[i]
             lo = a + max(0, p0 - self.cum[i])
             hi = a + min(b - a, p1 - self.cum[i])
             if hi > lo:
-                out.extend(self.reader.objects_for(lo, hi - lo))
+                if out and out[-1][1] == lo:
+                    out[-1] = (out[-1][0], hi)
+                else:
+                    out.append((lo, hi))
             i += 1
+        return out
+
+    def objects(self, ranges) -> list[str]:
+        """Object ids the file ranges need, in order, each once."""
+        out: list[str] = []
+        for lo, hi in ranges:
+            out.extend(self.reader.objects_for(lo, hi - lo))
         return list(dict.fromkeys(out))
 
-    def opened(self) -> list[str]:
+    def opened(self) -> list[tuple[int, int]]:
+        """File ranges to decode ahead on open (the plan's first ``start`` bytes)."""
         self.window = self.start
         self.done_to = min(self.cum[-1], self.start)
-        return self._objects(0, self.done_to)
+        return self._ranges(0, self.done_to)
 
-    def read(self, off: int, n: int) -> list[str]:
-        """Objects to decode ahead after a read of ``n`` bytes at ``off``."""
+    def read(self, off: int, n: int) -> list[tuple[int, int]]:
+        """File ranges to decode ahead after a read of ``n`` bytes at ``off`` (in plan order;
+        none already asked for)."""
         if n <= 0 or not self.segs:
             return []
         p = self._pos(off)
@@ -330,4 +342,4 @@ class ReadAhead:
         if end <= start:
             return []
         self.done_to = end
-        return self._objects(start, end)
+        return self._ranges(start, end)

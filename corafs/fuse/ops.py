@@ -246,7 +246,7 @@ class Operations(pyfuse3.Operations):
         ahead = None
         if isinstance(reader, FileReader):
             ahead = ReadAhead(reader, self.prefetch_start, self.prefetch_bytes)
-            self.repo.decoder.prefetch(self.repo.pool, ahead.opened())
+            self.repo.decoder.prefetch(self.repo.pool, ahead.objects(ahead.opened()))
         self.files[fh] = _FileHandle(reader, inode, ahead)
         # the page cache of an inode stays valid: committed content never changes under one
         # inode (another writer's version is a new node), and writes through this mount go
@@ -272,9 +272,9 @@ class Operations(pyfuse3.Operations):
         """Decode ahead of the reader along its file's read plan (core.reader.ReadAhead), in
         the repository's worker pool."""
         if h.ahead is not None:
-            oids = h.ahead.read(off, n)
-            if oids:
-                self.repo.decoder.prefetch(self.repo.pool, oids)
+            ranges = h.ahead.read(off, n)
+            if ranges:
+                self.repo.decoder.prefetch(self.repo.pool, h.ahead.objects(ranges))
 
     async def release(self, fh):
         h = self.files.pop(fh, None)

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -51,41 +52,52 @@ def commit_series(repo_path, series, kind, tuning):
     return st, t_commit, t_re
 
 
-def reads(repo, mnt, files_head, files_old, n):
-    """(label, local seconds, mount seconds) per measurement."""
+def reads(repo, mnt, files_head, files_old, n, reps=3):
+    """(label, local seconds, mount seconds) per measurement; cold figures are the median of
+    ``reps`` runs (a fresh mount and dropped caches each time: single runs vary by 30%)."""
     rows = []
 
-    def through_mount(fn):
-        corafs("mount", repo, mnt)
-        try:
+    def median(fn):
+        return statistics.median(fn() for _ in range(reps))
+
+    def cold_local(fn):
+        def run():
             drop_caches()
             return fn()
-        finally:
-            corafs("umount", mnt)
+        return median(run)
+
+    def cold_mount(fn):
+        def run():
+            corafs("mount", repo, mnt)
+            try:
+                drop_caches()
+                return fn()
+            finally:
+                corafs("umount", mnt)
+        return median(run)
 
     st_head = files_head["model.safetensors"]
-    drop_caches()
-    rows.append(("cold cat head .safetensors", cat(st_head),
-                 through_mount(lambda: cat(os.path.join(mnt, "main", "model.safetensors")))))
-    # warm: the page cache dropped, the mount's decoded blocks and the local file warm
+    rows.append(("cold cat head .safetensors", cold_local(lambda: cat(st_head)),
+                 cold_mount(lambda: cat(os.path.join(mnt, "main", "model.safetensors")))))
+    # warm: the kernel's page cache holds both (read twice before timing)
     corafs("mount", repo, mnt)
     try:
         path = os.path.join(mnt, "main", "model.safetensors")
         cat(path)
         cat(st_head)
-        rows.append(("warm cat head .safetensors", min(cat(st_head) for _ in range(2)),
-                     min(cat(path) for _ in range(2))))
+        rows.append(("warm cat head .safetensors", min(cat(st_head) for _ in range(3)),
+                     min(cat(path) for _ in range(3))))
     finally:
         corafs("umount", mnt)
     for mmap in (False, True):
-        drop_caches()
-        tl = timed_load(files_head["model.pth"], mmap)
-        tm = through_mount(lambda: timed_load(os.path.join(mnt, "main", "model.pth"), mmap))
-        rows.append((f"cold torch.load head .pth{' mmap' if mmap else ''}", tl, tm))
-    drop_caches()
-    rows.append((f"cold cat oldest (main~{n - 1})", cat(files_old["model.safetensors"]),
-                 through_mount(lambda: cat(os.path.join(mnt, f"main~{n - 1}",
-                                                        "model.safetensors")))))
+        rows.append((f"cold torch.load head .pth{' mmap' if mmap else ''}",
+                     cold_local(lambda: timed_load(files_head["model.pth"], mmap)),
+                     cold_mount(lambda: timed_load(os.path.join(mnt, "main", "model.pth"),
+                                                   mmap))))
+    rows.append((f"cold cat oldest (main~{n - 1})",
+                 cold_local(lambda: cat(files_old["model.safetensors"])),
+                 cold_mount(lambda: cat(os.path.join(mnt, f"main~{n - 1}",
+                                                     "model.safetensors")))))
     return rows
 
 
@@ -110,8 +122,11 @@ def big(work, mib):
     print(f"\n{size / 2**30:.2f} GiB state dict, two versions (fp32, a fine-tune step apart)")
     print(f"{'encoding':<18} {'commit MB/s':>11} {'re-encode MB/s':>14} {'cold head MB/s':>14} "
           f"{'ratio':>6} {'cold head~1 MB/s':>16} {'ratio':>6}")
-    drop_caches()
-    t_local = cat(paths[-1])
+    def cold_local():
+        drop_caches()
+        return cat(paths[-1])
+
+    t_local = statistics.median(cold_local() for _ in range(3))
     for label, tuning in (("forward (before)", dataclasses.replace(DEFAULT, head_first=False)),
                           ("head-first", DEFAULT)):
         rp = os.path.join(work, "big-" + label.split()[0])
@@ -128,19 +143,23 @@ def big(work, mib):
             tr = time.perf_counter() - t
         speeds = []
         for spec in ("main", "main~1"):
-            corafs("mount", rp, mnt)
-            try:
-                drop_caches()
-                speeds.append(size / cat(os.path.join(mnt, spec, "model.safetensors")))
-            finally:
-                corafs("umount", mnt)
+            times = []
+            for _ in range(3):              # median of 3: single cold runs vary by 30%
+                corafs("mount", rp, mnt)
+                try:
+                    drop_caches()
+                    times.append(cat(os.path.join(mnt, spec, "model.safetensors")))
+                finally:
+                    corafs("umount", mnt)
+            speeds.append(size / statistics.median(times))
         local = size / t_local
         print(f"{label:<18} {size / 1e6 / tc:>11.0f} "
               f"{(size / 1e6 / tr) if tr > 0.05 else float('nan'):>14.0f} "
               f"{speeds[0] / 1e6:>14.0f} {speeds[0] / local:>6.2f} {speeds[1] / 1e6:>16.0f} "
               f"{speeds[1] / local:>6.2f}")
         shutil.rmtree(rp)
-    print(f"(local disk, cold: {size / t_local / 1e6:.0f} MB/s; ratio = throughput / local)")
+    print(f"(local disk, cold: {size / t_local / 1e6:.0f} MB/s; ratio = throughput / local; "
+          f"medians of 3)")
 
 
 def main():

@@ -280,8 +280,8 @@ def _layout(repo) -> dict[str, int]:
     each file's blocks in the order its loaders read them (``read_plan``), history after.
     A cold read of the newest version is then one sequential read of the pack, which the
     disk serves at full speed (git puts recent objects first in a pack for the same reason).
-    Measured on a repacked 10-checkpoint series: the head's 110 MB read from the pack in
-    54 ms in the old order, 33 ms in read order."""
+    Measured on a repacked 10-checkpoint series: the 110 MB ``.pth`` head had 22 of 84 blocks
+    out of order before and none now; read cold from the pack in 44 ms before, 39 ms now."""
     order: dict[str, int] = {}
 
     def add(oid):

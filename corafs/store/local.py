@@ -47,6 +47,7 @@ from ..errors import CorruptObject, InvalidName, MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 
 _ALIGN = 4096             # O_DIRECT offsets, lengths and buffers: one page covers devices
+_DIRECT_OPEN = threading.Lock()
 
 _IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
 _DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
@@ -264,22 +265,28 @@ class _Pack:
         self.fd = os.open(path, os.O_RDONLY)
         self.file_size = os.fstat(self.fd).st_size
         self.path = path
-        self.dfd = None         # O_DIRECT descriptor, opened on first use; -1: not supported
+        self.dfd = None         # O_DIRECT descriptor, opened on first use; -1: not usable
+        self._dfd_owned = -1    # what close() closes (kept open if reads stopped using it)
         self.users = 0          # reads in progress (guarded by the store's lock)
         self.evicted = False
 
     def read(self, off: int, ln: int) -> bytes:
         return os.pread(self.fd, ln, self.offset + off)
 
+
     def read_direct(self, off: int, ln: int):
         """``ln`` bytes at ``off`` read with O_DIRECT into an aligned buffer (a read-only
         memoryview of it), or None where the filesystem does not allow it."""
         if self.dfd is None:
-            try:
-                self.dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
-            except (OSError, AttributeError):      # a filesystem or OS without O_DIRECT
-                self.dfd = -1
-        if self.dfd < 0:
+            with _DIRECT_OPEN:
+                if self.dfd is None:
+                    try:
+                        self._dfd_owned = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+                        self.dfd = self._dfd_owned
+                    except (OSError, AttributeError):  # a filesystem or OS without O_DIRECT
+                        self.dfd = -1
+        dfd = self.dfd
+        if dfd < 0:
             return None
         start = self.offset + off
         a0 = start & ~(_ALIGN - 1)
@@ -288,22 +295,22 @@ class _Pack:
         pad = -buf.ctypes.data % _ALIGN
         view = buf[pad:pad + a1 - a0]
         try:
-            got = os.preadv(self.dfd, [view], a0)
+            got = os.preadv(dfd, [view], a0)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-            os.close(self.dfd)          # alignment this device refuses: buffered from now on
-            self.dfd = -1
-            return None
+            self.dfd = -1               # alignment this device refuses: buffered from now on
+            return None                 # (the descriptor closes with the pack)
         if got < start - a0 + ln:
             return None                 # short (the caller's buffered read reports why)
         mv = memoryview(view)[start - a0:start - a0 + ln]
         return mv.toreadonly()
 
     def close(self) -> None:
-        if self.dfd is not None and self.dfd >= 0:
-            os.close(self.dfd)
-            self.dfd = -1
+        if self._dfd_owned >= 0:
+            os.close(self._dfd_owned)
+            self._dfd_owned = -1
+        self.dfd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

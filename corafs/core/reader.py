@@ -188,7 +188,6 @@ class FileReader:
                 return memoryview(obj)[o:o + end - offset]
             return obj[o:o + end - offset].tobytes()
         out = np.empty(end - offset, dtype=np.uint8)     # every byte is written below
-        mv = memoryview(out)
         pos = offset
         while pos < end:
             start = int(self.starts[i])
@@ -197,10 +196,11 @@ class FileReader:
             b = min(ln, end - start)
             obj = self.decoder.raw(self.objs[i])
             o = int(self.offs[i])
-            mv[pos - offset:pos - offset + (b - a)] = obj[o + a:o + b]
+            # a numpy copy (not a memoryview one): large copies run without the GIL
+            out[pos - offset:pos - offset + (b - a)] = obj[o + a:o + b]
             pos += b - a
             i += 1
-        return mv if view else out.tobytes()
+        return memoryview(out) if view else out.tobytes()
 
     def read_cached(self, offset: int, size: int, view: bool = False):
         """The bytes if every object the range needs is already decoded, else None (so a

@@ -153,6 +153,18 @@ def _setup_logging(path, debug: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _tune_malloc(cache_bytes: int) -> None:
     """Make the memory the read cache lives in reusable, and fault it in before reads need it.
 
@@ -163,8 +175,9 @@ def _tune_malloc(cache_bytes: int) -> None:
     one arena (with one per thread, a 512 MB cache measured 914 MB peak RSS), buffers of up to
     32 MiB from the heap, and a heap that keeps up to the cache size of free memory. The
     memory the cache may use is then faulted in once, before the mount is ready (512 MiB:
-    0.2 s; beyond 1 GiB the rest in the background, where it would compete with reads). RSS is the --cache-size bound from the start, which
-    the bound already allowed."""
+    0.2 s; beyond 1 GiB the rest in the background, where it would compete with reads), at
+    most a quarter of the machine's available memory. RSS is then the --cache-size bound from
+    the start, which the bound already allowed."""
     import ctypes
     import platform
     if platform.libc_ver()[0] != "glibc":
@@ -197,7 +210,9 @@ def _tune_malloc(cache_bytes: int) -> None:
             got.append(p)
         return got
 
-    total = cache_bytes // chunk
+    # never more than a quarter of what the machine has free: on a small machine the cache
+    # grows into the rest as reads need it, as before
+    total = min(cache_bytes, _available_memory() // 4) // chunk
     first = min(total, (1 << 30) // chunk)
     held = fault_in(first)
     if first == total:

@@ -47,30 +47,39 @@ def sub_delta(new: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
 
 def sub_undo(delta: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     """Inverse of ``sub_delta``, in place on ``delta``."""
+    return _undo_ordered(delta, _ordered(lanes(base, width), width), width)
+
+
+def _undo_ordered(delta: np.ndarray, ob: np.ndarray, width: int) -> np.ndarray:
+    """``sub_undo`` given the base already in ordered form (``ob``, signed; overwritten)."""
     z = lanes(delta, width)
     tmp = np.bitwise_and(z, UINT[width](1))
     np.negative(tmp, out=tmp)                              # 0 or all ones
     np.right_shift(z, UINT[width](1), out=z)
     np.bitwise_xor(z, tmp, out=z)
     zi = z.view(SINT[width])
-    ti = tmp.view(SINT[width])
-    np.add(zi, _ordered(lanes(base, width), width, out=ti), out=zi)
-    # the map is its own inverse; applied in place with the mask in tmp
-    np.right_shift(zi, width * 8 - 1, out=ti)
-    np.bitwise_and(ti, SINT[width](np.iinfo(SINT[width]).max), out=ti)
-    np.bitwise_xor(zi, ti, out=zi)
+    np.add(zi, ob, out=zi)
+    # the map is its own inverse; applied in place with the mask in ob
+    np.right_shift(zi, width * 8 - 1, out=ob)
+    np.bitwise_and(ob, SINT[width](np.iinfo(SINT[width]).max), out=ob)
+    np.bitwise_xor(zi, ob, out=zi)
     return delta
+
+
+def _predict2_ordered(base: np.ndarray, base2: np.ndarray, width: int) -> np.ndarray:
+    """2*ordered(base) - ordered(base2) (modular): the extrapolation, in ordered form."""
+    p = _ordered(lanes(base, width), width)
+    q = _ordered(lanes(base2, width), width)
+    np.left_shift(p, 1, out=p)
+    np.subtract(p, q, out=p)
+    return p
 
 
 def _predict2(base: np.ndarray, base2: np.ndarray, width: int) -> np.ndarray:
     """Linear extrapolation in ordered-integer space: 2*ordered(base) - ordered(base2)
     (modular), returned as unsigned float bits to subtract against."""
-    p = _ordered(lanes(base, width), width)
-    q = _ordered(lanes(base2, width), width)
-    np.left_shift(p, 1, out=p)
-    np.subtract(p, q, out=p)
-    _ordered(p.view(UINT[width]), width, out=q)
-    return q.view(UINT[width]).view(np.uint8)
+    p = _predict2_ordered(base, base2, width)
+    return _ordered(p.view(UINT[width]), width).view(UINT[width]).view(np.uint8)
 
 
 def sub2_delta(new: np.ndarray, bases: tuple, width: int) -> np.ndarray:
@@ -79,4 +88,6 @@ def sub2_delta(new: np.ndarray, bases: tuple, width: int) -> np.ndarray:
 
 
 def sub2_undo(delta: np.ndarray, bases: tuple, width: int) -> np.ndarray:
-    return sub_undo(delta, _predict2(bases[0], bases[1], width), width)
+    # the extrapolation stays in ordered form: mapping it out and back (two involutions,
+    # six passes over the block) cancels
+    return _undo_ordered(delta, _predict2_ordered(bases[0], bases[1], width), width)

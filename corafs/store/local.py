@@ -43,26 +43,14 @@ import h5py
 import numpy as np
 
 from ..config import DEFAULT, Tuning
-from ..errors import CorruptObject, InvalidName, MissingObject, RefConflict
+from ..errors import CorruptObject, InvalidName, RefConflict
 from .base import ObjectStore, ObjectWriter
+from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
 
 _ALIGN = 4096             # O_DIRECT offsets, lengths and buffers: one page covers devices
 _DIRECT_OPEN = threading.Lock()
 
-_IDX_DTYPE = np.dtype([("id", "S64"), ("off", "<i8"), ("len", "<i8")])
 _DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
-
-
-def pack_order(name: str) -> tuple[int, str]:
-    """Sort key of a pack name: its creation time (``pack-<ns hex>-<random>``); packs named
-    before head-first encoding (``pack-<uuid>``) sort first."""
-    body = name[5:]
-    if len(body) > 17 and body[16] == "-":
-        try:
-            return int(body[:16], 16), name
-        except ValueError:
-            pass
-    return 0, name
 
 
 def fsync_path(path: str) -> None:
@@ -395,7 +383,7 @@ class _LocalWriter(ObjectWriter):
             pass
 
 
-class LocalStore(ObjectStore):
+class LocalStore(PackIndex, ObjectStore):
     def __init__(self, root: str, tuning: Tuning = DEFAULT):
         self.root = root
         self.tuning = tuning
@@ -609,30 +597,13 @@ class LocalStore(ObjectStore):
         return table
 
     def _add_pack(self, name: str, table: np.ndarray) -> None:
-        """Index a pack's objects. An object stored in several packs (re-encoded, or copied
-        by a repack) is read from the newest pack: re-encoding only ever writes newer packs."""
+        """Index a pack: where its data lies (the table's header row), then its objects."""
         self._packs.add(name)
         if len(table) and table["id"][0] == _DATA_ROW:
             self._where[name] = (int(table["off"][0]), int(table["len"][0]))
             table = table[1:]
         self._tables[name] = table
-        ids = table["id"].tolist()
-        key = pack_order(name)
-        index = self._index
-        for oid, off, ln in zip(ids, table["off"].tolist(), table["len"].tolist()):
-            oid = oid.decode()
-            cur = index.get(oid)
-            if cur is None or pack_order(cur[0]) < key:
-                index[oid] = (name, off, ln)
-
-    def _locate(self, oid: str) -> tuple[str, int, int]:
-        loc = self._index.get(oid)
-        if loc is None:
-            self._scan()
-            loc = self._index.get(oid)
-            if loc is None:
-                raise MissingObject(oid)
-        return loc
+        self._index_table(name, table)
 
     def _handle(self, pack: str) -> _Pack:
         f = self._handles.get(pack)

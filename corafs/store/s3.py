@@ -48,7 +48,7 @@ from ..config import DEFAULT, Tuning
 from ..errors import CorafsError, MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 from .diskcache import DiskCache
-from .local import _IDX_DTYPE, pack_order
+from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
 
 _MiB = 1 << 20
 
@@ -193,7 +193,7 @@ class _S3Writer(ObjectWriter):
             self.done = True
 
 
-class S3Store(ObjectStore):
+class S3Store(PackIndex, ObjectStore):
     def __init__(self, url: str, tuning: Tuning = DEFAULT, client=None):
         self.url = url
         self.bucket, self.prefix = parse_url(url)
@@ -364,26 +364,11 @@ class S3Store(ObjectStore):
 
     def _add(self, name: str, table: np.ndarray, mtime: Optional[float] = None) -> None:
         """Index a pack; ``mtime``: its upload time (now, for a pack this process wrote)."""
-        key = pack_order(f"pack-{name}")
         with self._lock:
             self._mtimes[name] = time.time() if mtime is None else mtime
             self._packs[name] = int(table["len"].sum()) if len(table) else 0
             self._tables[name] = table
-            for oid, off, ln in zip(table["id"].tolist(), table["off"].tolist(),
-                                    table["len"].tolist()):
-                oid = oid.decode()
-                cur = self._index.get(oid)
-                if cur is None or pack_order(f"pack-{cur[0]}") < key:
-                    self._index[oid] = (name, off, ln)
-
-    def _locate(self, oid: str) -> tuple[str, int, int]:
-        loc = self._index.get(oid)
-        if loc is None:
-            self._scan()
-            loc = self._index.get(oid)
-            if loc is None:
-                raise MissingObject(oid)
-        return loc
+            self._index_table(name, table)
 
     # -- a lease across machines ---------------------------------------------------------------
     def lease(self, name: str, blocking: bool = True, ttl: float = 300.0):

@@ -655,7 +655,7 @@ def cmd_fsck(a):
             got = remote.refetch(repo, rep.problems, lambda m: print(m))
             if got:
                 repo.decoder.cache.clear()
-                repo.store.rescan() if hasattr(repo.store, "rescan") else None
+                repo.store.refresh()
                 repaired = rep.repaired
                 with progress(0, "fsck") as upd:
                     rep = repo.fsck(upd)

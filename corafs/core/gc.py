@@ -63,7 +63,7 @@ def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = Fa
     store = repo.store
     if not hasattr(store, "packs"):
         raise CorafsError("repack/gc: this store does not support it yet")
-    impl = _repack_remote if hasattr(store, "gc_records") else _repack
+    impl = _repack_remote if store.shared_by_machines else _repack
     if _locked:
         return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
                     consolidate)
@@ -91,7 +91,8 @@ def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste
         rep.packs_after = rep.packs_before
         rep.bytes_after = rep.bytes_before - (_estimate(plan) if dry_run else 0)
         return rep
-    copied = _copy(repo, {p: keep for p, (keep, _d) in plan.items()}, progress)
+    rank = _layout(repo)        # once: the late copy below runs under the exclusive lock
+    copied = _copy(repo, {p: keep for p, (keep, _d) in plan.items()}, progress, rank)
     with store.gc_exclusive():
         # nothing is being written now: what became wanted meanwhile is copied too
         store.rescan()
@@ -112,7 +113,7 @@ def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste
             if extra:
                 late[name] = extra
         if late:
-            copied |= _copy(repo, late, progress, gc_lock=False)
+            copied |= _copy(repo, late, progress, rank, gc_lock=False)
         store.remove_packs([p for p in plan if p in packs2])
         store.bump_generation()
     store.rescan()
@@ -250,11 +251,12 @@ def _estimate(plan: dict) -> int:
     return sum(n for _k, d in plan.values() for _o, n in d)
 
 
-def _copy(repo, keep: dict[str, list[str]], progress, gc_lock: bool = True) -> set[str]:
-    """Copy objects as stored into new packs (durable on return)."""
+def _copy(repo, keep: dict[str, list[str]], progress, rank: dict[str, int],
+          gc_lock: bool = True) -> set[str]:
+    """Copy objects as stored into new packs (durable on return), in ``rank`` order
+    (``_layout``), the rest after them as they were."""
     store = repo.store
     done: set[str] = set()
-    rank = _layout(repo)
     everything = [oid for _name, oids in sorted(keep.items()) for oid in oids]
     first = len(rank)
     order = sorted(range(len(everything)), key=lambda i: (rank.get(everything[i], first), i))
@@ -344,8 +346,9 @@ def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress,
             packs[p]["bytes"] for r in due for p in r["packs"] if p in packs)
         return rep
     # phase one
+    rank = _layout(repo) if plan or due else {}
     if plan:
-        _copy(repo, {p: keep for p, (keep, _d) in plan.items()}, progress, gc_lock=False)
+        _copy(repo, {p: keep for p, (keep, _d) in plan.items()}, progress, rank, gc_lock=False)
         store.add_gc_record(list(plan))
     # phase two: records old enough
     if due:
@@ -361,7 +364,7 @@ def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress,
                 if extra:
                     late[name] = extra
             if late:
-                _copy(repo, late, progress, gc_lock=False)
+                _copy(repo, late, progress, rank, gc_lock=False)
             store.remove_packs(doomed)
             store.remove_gc_record(r["key"])
     store.rescan()

@@ -128,23 +128,19 @@ class Decoder:
     def prefetch(self, pool, oids) -> None:
         """Decode ``oids`` in the background (skipping cached and in-flight ones). A store
         that can fetch neighbouring objects in one request (``plan_fetch``: S3 coalesces
-        nearby ranges of a pack into one GET) gets them in groups, each fetched at once and
-        then decoded, the groups in parallel."""
+        nearby ranges of a pack into one GET) hands them out in groups, each fetched at once
+        and then decoded, the groups in parallel."""
         todo = [o for o in oids if not self.cache.contains(o) and o not in self._inflight]
         self.store.advise(todo)
-        plan = getattr(self.store, "plan_fetch", None)
-        if plan is None:
-            for oid in todo:
-                pool.submit(self._quiet, oid)
-            return
-        for group in plan(todo):
+        for group in self.store.plan_fetch(todo):
             pool.submit(self._fetch_group, group)
 
     def _fetch_group(self, group: list[str]) -> None:
-        try:
-            self.store.fetch_many(group)
-        except Exception:
-            pass            # each object is fetched on its own below, and errors reported
+        if len(group) > 1:
+            try:
+                self.store.fetch_many(group)
+            except Exception:
+                pass        # each object is fetched on its own below, and errors reported
         for oid in group:
             self._quiet(oid)
 
@@ -277,8 +273,7 @@ class ReadAhead:
     def __init__(self, reader: FileReader, start: int = 8 << 20, limit: int = 64 << 20):
         self.reader = reader
         self.start, self.limit = start, limit
-        self.segs = read_plan(reader.manifest, reader.size) if hasattr(reader, "manifest") \
-            else [(0, reader.size)]
+        self.segs = read_plan(reader.manifest, reader.size)
         self.by_offset = sorted(range(len(self.segs)), key=lambda i: self.segs[i][0])
         self.seg_a = [self.segs[i][0] for i in self.by_offset]
         self.cum = [0]

@@ -47,6 +47,9 @@ class ObjectWriter(abc.ABC):
 class ObjectStore(abc.ABC):
     """Content-addressed objects (ids are lowercase hex strings) and named refs."""
 
+    #: machines share this store with no lock between them (S3): gc deletes in two phases
+    shared_by_machines: bool = False
+
     # -- objects -------------------------------------------------------------------------
     @abc.abstractmethod
     def has(self, oid: str) -> bool: ...
@@ -110,6 +113,14 @@ class ObjectStore(abc.ABC):
         the store filled (the local store reads large blocks with O_DIRECT when the tuning
         asks for it)."""
         return self.get(oid)
+
+    def plan_fetch(self, oids) -> list[list[str]]:
+        """``oids`` in groups worth fetching with one request each (``fetch_many``); a store
+        whose reads are local fetches nothing ahead: each object alone."""
+        return [[oid] for oid in oids]
+
+    def fetch_many(self, oids: list[str]) -> None:
+        """Fetch a group from ``plan_fetch`` at once into the store's caches (remote stores)."""
 
     def advise(self, oids) -> None:
         """A hint that ``oids`` will be read soon: a store may start fetching them now, in

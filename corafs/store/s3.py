@@ -194,6 +194,8 @@ class _S3Writer(ObjectWriter):
 
 
 class S3Store(PackIndex, ObjectStore):
+    shared_by_machines = True
+
     def __init__(self, url: str, tuning: Tuning = DEFAULT, client=None):
         self.url = url
         self.bucket, self.prefix = parse_url(url)

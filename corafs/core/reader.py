@@ -131,7 +131,6 @@ class Decoder:
         nearby ranges of a pack into one GET) hands them out in groups, each fetched at once
         and then decoded, the groups in parallel."""
         todo = [o for o in oids if not self.cache.contains(o) and o not in self._inflight]
-        self.store.advise(todo)
         for group in self.store.plan_fetch(todo):
             pool.submit(self._fetch_group, group)
 

@@ -122,10 +122,6 @@ class ObjectStore(abc.ABC):
     def fetch_many(self, oids: list[str]) -> None:
         """Fetch a group from ``plan_fetch`` at once into the store's caches (remote stores)."""
 
-    def advise(self, oids) -> None:
-        """A hint that ``oids`` will be read soon: a store may start fetching them now, in
-        the background (the local store asks the kernel to read their pack ranges ahead)."""
-
     def refresh(self) -> None:
         """Take in what other writers stored since the index was loaded (new packs, newer
         copies of objects)."""

@@ -635,40 +635,6 @@ class LocalStore(PackIndex, ObjectStore):
     def read_block(self, oid: str):
         return self._read_obj(oid, 0, None, self.tuning.direct_reads)
 
-    def advise(self, oids) -> None:
-        """Start the kernel reading the packs' ranges of ``oids`` (posix_fadvise WILLNEED,
-        neighbouring ranges merged): the disk works at its own queue depth while the decode
-        threads are busy, as the kernel's read-ahead does for a local file. Direct reads
-        bypass the page cache, so with them this does nothing."""
-        if self.tuning.direct_reads:
-            return
-        spans: dict[str, list] = {}
-        for oid in oids:
-            loc = self._index.get(oid)
-            if loc is not None:
-                spans.setdefault(loc[0], []).append((loc[1], loc[1] + loc[2]))
-        for pack, rs in spans.items():
-            rs.sort()
-            merged = [list(rs[0])]
-            for a, b in rs[1:]:
-                if a <= merged[-1][1] + (256 << 10):
-                    merged[-1][1] = max(merged[-1][1], b)
-                else:
-                    merged.append([a, b])
-            with self._lock:
-                try:
-                    h = self._handle(pack)
-                except FileNotFoundError:
-                    continue
-                h.users += 1
-            try:
-                for a, b in merged:
-                    os.posix_fadvise(h.fd, h.offset + a, b - a, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass                     # a hint only
-            finally:
-                self._release(h)
-
     def get_range(self, oid: str, offset: int, length: int):
         return self._read_obj(oid, offset, length)
 

@@ -136,23 +136,16 @@ class Repository:
             if not store.create_config(json.dumps(cfg, indent=2).encode()):
                 raise RepositoryExists(path)
             repo = cls(path, tuning, store)
-            if not initial_commit:
-                return repo
-            with repo.store.writer() as w:
-                tid = repo.put_meta(w, tree.empty_tree())
-                cid = repo._put_commit(w, tid, [], "Initialize repository",
-                                       repo.default_author())
-            repo._move_ref(f"heads/{default_branch}", None, cid, "init")
-            return repo
-        if os.path.exists(os.path.join(path, CONFIG)):
-            raise RepositoryExists(path)
-        if os.path.isdir(path) and os.listdir(path):
-            raise RepositoryExists(f"{path} (directory is not empty)")
-        os.makedirs(path, exist_ok=True)
-        LocalStore.create(path, tuning).close()
-        with open(os.path.join(path, CONFIG), "w") as f:
-            json.dump(cfg, f, indent=2)
-        repo = cls(path, tuning)
+        else:
+            if os.path.exists(os.path.join(path, CONFIG)):
+                raise RepositoryExists(path)
+            if os.path.isdir(path) and os.listdir(path):
+                raise RepositoryExists(f"{path} (directory is not empty)")
+            os.makedirs(path, exist_ok=True)
+            LocalStore.create(path, tuning).close()
+            with open(os.path.join(path, CONFIG), "w") as f:
+                json.dump(cfg, f, indent=2)
+            repo = cls(path, tuning)
         if not initial_commit:
             return repo
         with repo.store.writer() as w:

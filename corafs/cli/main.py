@@ -493,10 +493,9 @@ def _remote_url(repo, name: str) -> str:
 
 
 def _transferred(rep, what: str) -> None:
-    print(f" {rep.objects} object(s), {fmt.size(rep.bytes)} sent ({rep.skipped} already "
-          f"there)" if what == "push" else
-          f" {rep.objects} object(s), {fmt.size(rep.bytes)} received ({rep.skipped} already "
-          f"here)")
+    verb, where = ("sent", "there") if what == "push" else ("received", "here")
+    print(f" {rep.objects} object(s), {fmt.size(rep.bytes)} {verb} ({rep.skipped} already "
+          f"{where})")
 
 
 def _report_move(name: str, rep, what: str) -> None:

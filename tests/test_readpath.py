@@ -1,5 +1,6 @@
 """The read path of the newest version (issue 9, items 3 and 4): read plans from the recipe,
-read-ahead along them, pack layout in read order, direct (O_DIRECT) block reads. All without
+read-ahead along them, pack layout in read order, direct (O_DIRECT) block reads into huge
+pages. All without
 FUSE; the mount tests read through the same code."""
 import dataclasses
 import os
@@ -183,3 +184,41 @@ def test_direct_reads_return_the_same_bytes(tmp_path, work, size):
     except OSError:
         supported = False
     assert (max(used) >= 0) if supported else (used == {-1})
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "never"
+    return text.split("[", 1)[1].split("]", 1)[0]
+
+
+@pytest.mark.skipif(_thp_mode() == "never", reason="transparent huge pages are off here")
+def test_daemon_read_buffers_come_from_huge_pages():
+    """The daemon's heap is faulted in as huge pages before it serves, and a block-sized
+    buffer allocated afterwards (where O_DIRECT reads land) reuses that memory: a 4 MiB
+    read is then one block-layer request instead of four (see _tune_malloc)."""
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np\n"
+        "from corafs.daemon.mount import _tune_malloc\n"
+        "_tune_malloc(64 << 20)\n"
+        "buf = np.empty(4 << 20, np.uint8); buf[:] = 1\n"
+        "lo_b, hi_b = buf.ctypes.data, buf.ctypes.data + buf.nbytes\n"
+        "covered = 0\n"
+        "vma = None\n"
+        "for line in open('/proc/self/smaps'):\n"
+        "    head = line.split()[0]\n"
+        "    if '-' in head and ':' not in head:\n"
+        "        vma = [int(x, 16) for x in head.split('-')]\n"
+        "    elif line.startswith('AnonHugePages:') and vma:\n"
+        "        lo, hi = vma\n"
+        "        # a mapping (nearly) all in huge pages: its overlap with the buffer is too\n"
+        "        if int(line.split()[1]) << 10 >= 0.9 * (hi - lo):\n"
+        "            covered += max(0, min(hi, hi_b) - max(lo, lo_b))\n"
+        "print(covered)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert int(out) >= 3 << 20, out             # all but the ends (2 MiB alignment)

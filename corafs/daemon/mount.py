@@ -177,7 +177,14 @@ def _tune_malloc(cache_bytes: int) -> None:
     memory the cache may use is then faulted in once, before the mount is ready (512 MiB:
     0.2 s; beyond 1 GiB the rest in the background, where it would compete with reads), at
     most a quarter of the machine's available memory. RSS is then the --cache-size bound from
-    the start, which the bound already allowed."""
+    the start, which the bound already allowed.
+
+    That memory is asked for in transparent huge pages. Blocks are read into it with O_DIRECT,
+    and the block layer builds a request from at most max_segments (254 on virtio) physically
+    contiguous runs: into 4 KiB pages that is 1 MiB per request, and a virtio disk gave
+    ~1 GB/s; into 2 MiB pages, a 4 MiB block is one request and the same disk gave 5 GB/s
+    (108 MB of a pack: 106 ms against 21 ms; cold cat of a 110 MB head through the mount
+    119 -> 66 ms)."""
     import ctypes
     import platform
     if platform.libc_ver()[0] != "glibc":
@@ -195,39 +202,46 @@ def _tune_malloc(cache_bytes: int) -> None:
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    chunk = 4 << 20
-    madv_populate_write = 23             # Linux 5.14: fault a range in with one call
+    madv_hugepage, madv_populate_write = 14, 23     # populate: Linux 5.14
+    m_mmap_max = -4
+    huge = 2 << 20
 
-    def fault_in(n_chunks: int) -> list:
-        got = []
-        for _ in range(n_chunks):
-            p = libc.malloc(chunk)
-            if not p:
-                break
-            start = (p + 4095) & ~4095
-            if libc.madvise(start, (p + chunk - start) & ~4095, madv_populate_write) != 0:
-                ctypes.memset(p, 0, chunk)      # older kernels: touch every page
-            got.append(p)
-        return got
+    def fault_in(n: int) -> Optional[int]:
+        # one block from the heap (mmap is off meanwhile, so glibc keeps it when it is freed),
+        # huge pages asked for before any of it is touched
+        if libc.mallopt(m_mmap_max, 0) != 1:
+            return None
+        try:
+            p = libc.malloc(n)
+        finally:
+            libc.mallopt(m_mmap_max, 65536)
+        if not p:
+            return None
+        start = (p + 4095) & ~4095
+        hstart = (p + huge - 1) & ~(huge - 1)
+        if hstart < p + n:
+            libc.madvise(hstart, (p + n - hstart) & ~(huge - 1), madv_hugepage)
+        if libc.madvise(start, (p + n - start) & ~4095, madv_populate_write) != 0:
+            ctypes.memset(p, 0, n)              # older kernels: touch every page
+        return p
 
     # never more than a quarter of what the machine has free: on a small machine the cache
     # grows into the rest as reads need it, as before
-    total = min(cache_bytes, _available_memory() // 4) // chunk
-    first = min(total, (1 << 30) // chunk)
-    held = fault_in(first)
-    if first == total:
-        for p in held:
-            libc.free(p)
+    total = min(cache_bytes, _available_memory() // 4) & ~(huge - 1)
+    first = min(total, 1 << 30)
+    held = fault_in(first) if first else None
+    if held is None or first == total:
+        if held:
+            libc.free(held)
         return
 
     def rest():
         try:
             more = fault_in(total - first)
         finally:
-            for p in held:
-                libc.free(p)
-        for p in more:
-            libc.free(p)
+            libc.free(held)
+        if more:
+            libc.free(more)
 
     # the first part is held until the rest is faulted in, so the rest lands beside it
     # instead of reusing it

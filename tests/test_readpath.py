@@ -1,7 +1,6 @@
 """The read path of the newest version (issue 9, items 3 and 4): read plans from the recipe,
 read-ahead along them, pack layout in read order, direct (O_DIRECT) block reads into huge
-pages. All without
-FUSE; the mount tests read through the same code."""
+pages. All without FUSE; the mount tests read through the same code."""
 import dataclasses
 import os
 

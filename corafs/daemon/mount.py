@@ -165,6 +165,18 @@ def _available_memory() -> int:
     return 0
 
 
+def _huge_page_bytes() -> int:
+    """This process's anonymous memory in transparent huge pages (0 where unknown)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _tune_malloc(cache_bytes: int) -> None:
     """Make the memory the read cache lives in reusable, and fault it in before reads need it.
 
@@ -263,6 +275,12 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     # --cache-size bounds decoded data held, in-flight decode buffers included
     working = DEFAULT.mount_workers * 4 * DEFAULT.block_size
     _tune_malloc(opts.cache_size)
+    huge = _huge_page_bytes()
+    if huge:
+        log.info("read cache: %d MiB in huge pages", huge >> 20)
+    else:
+        log.info("read cache: no huge pages (transparent_hugepage is off?); cold reads of "
+                 "raw blocks are slower on disks that split O_DIRECT requests")
     repo = Repository(repo_path, tuning=dataclasses.replace(
         DEFAULT, block_cache_bytes=max(64 << 20, opts.cache_size - working),
         workers=DEFAULT.mount_workers, direct_reads=True))

@@ -2,6 +2,8 @@
 so each transform is a bijection: NaN payloads, -0.0, infinities and denormals come back exact."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -46,38 +48,77 @@ def sub_delta(new: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
 
 
 def sub_undo(delta: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
-    """Inverse of ``sub_delta``, in place on ``delta``."""
-    return _undo_ordered(delta, _ordered(lanes(base, width), width), width)
+    """Inverse of ``sub_delta``."""
+    return _undo_ordered(delta, _ordered_of(base, width), width)
+
+
+# A delta chain decodes one level after the other in one thread: each level's result is the
+# next level's base (and, second order, the one after's second base). The ordered form of a
+# result is made on the way to it (it is the sum before the final map), so the last two are
+# kept here per thread instead of being mapped out of the result again (three passes over
+# the block per base: a quarter of decoding an 8-level fp32 chain).
+_recent = threading.local()
+_KEEP = 2
+
+
+def _ordered_of(base: np.ndarray, width: int) -> np.ndarray:
+    """``base`` in ordered form: the one kept when ``base`` is a recent result of this thread
+    (read-only: callers never write into it), else computed."""
+    kept = getattr(_recent, "kept", None)
+    if kept:
+        for arr, ordered in kept:
+            if arr is base and ordered.dtype.itemsize == width:
+                return ordered
+    return _ordered(lanes(base, width), width)
+
+
+def _keep(result: np.ndarray, ordered: np.ndarray) -> None:
+    kept = getattr(_recent, "kept", None)
+    if kept is None:
+        kept = _recent.kept = []
+    kept.append((result, ordered))
+    del kept[:-_KEEP]
 
 
 def _undo_ordered(delta: np.ndarray, ob: np.ndarray, width: int) -> np.ndarray:
-    """``sub_undo`` given the base already in ordered form (``ob``, signed; overwritten)."""
+    """``sub_undo`` given the base in ordered form (``ob``, signed; not written). Returns a
+    new array; the delta's buffer ends up holding the result's ordered form, kept for the next
+    level of the chain."""
     z = lanes(delta, width)
     tmp = np.bitwise_and(z, UINT[width](1))
     np.negative(tmp, out=tmp)                              # 0 or all ones
     np.right_shift(z, UINT[width](1), out=z)
     np.bitwise_xor(z, tmp, out=z)
     zi = z.view(SINT[width])
-    np.add(zi, ob, out=zi)
-    # the map is its own inverse; applied in place with the mask in ob
-    np.right_shift(zi, width * 8 - 1, out=ob)
-    np.bitwise_and(ob, SINT[width](np.iinfo(SINT[width]).max), out=ob)
-    np.bitwise_xor(zi, ob, out=zi)
-    return delta
+    np.add(zi, ob, out=zi)                                 # the result, in ordered form
+    # the map is its own inverse: out of ordered form into a new array (tmp's memory)
+    mask = tmp.view(SINT[width])
+    np.right_shift(zi, width * 8 - 1, out=mask)
+    np.bitwise_and(mask, SINT[width](np.iinfo(SINT[width]).max), out=mask)
+    np.bitwise_xor(zi, mask, out=mask)
+    result = mask.view(np.uint8)
+    _keep(result, zi)
+    return result
 
 
-def _predict2_ordered(base: np.ndarray, base2: np.ndarray, width: int) -> np.ndarray:
-    """2*ordered(base) - ordered(base2) (modular): the extrapolation, in ordered form."""
+def _predict2_ordered(base: np.ndarray, base2: np.ndarray, width: int,
+                      kept: bool = False) -> np.ndarray:
+    """2*ordered(base) - ordered(base2) (modular): the extrapolation, in ordered form (a new
+    array). ``kept``: decoding, where the bases are this thread's recent results."""
+    if kept:
+        p = np.left_shift(_ordered_of(base, width), 1)
+        np.subtract(p, _ordered_of(base2, width), out=p)
+        return p
     p = _ordered(lanes(base, width), width)
-    q = _ordered(lanes(base2, width), width)
     np.left_shift(p, 1, out=p)
-    np.subtract(p, q, out=p)
+    np.subtract(p, _ordered(lanes(base2, width), width), out=p)
     return p
 
 
 def _predict2(base: np.ndarray, base2: np.ndarray, width: int) -> np.ndarray:
     """Linear extrapolation in ordered-integer space: 2*ordered(base) - ordered(base2)
-    (modular), returned as unsigned float bits to subtract against."""
+    (modular), returned as unsigned float bits to subtract against (encoding: computed from
+    the bases' bytes, never from kept forms)."""
     p = _predict2_ordered(base, base2, width)
     return _ordered(p.view(UINT[width]), width).view(UINT[width]).view(np.uint8)
 
@@ -90,4 +131,4 @@ def sub2_delta(new: np.ndarray, bases: tuple, width: int) -> np.ndarray:
 def sub2_undo(delta: np.ndarray, bases: tuple, width: int) -> np.ndarray:
     # the extrapolation stays in ordered form: mapping it out and back (two involutions,
     # six passes over the block) cancels
-    return _undo_ordered(delta, _predict2_ordered(bases[0], bases[1], width), width)
+    return _undo_ordered(delta, _predict2_ordered(bases[0], bases[1], width, kept=True), width)

@@ -153,28 +153,25 @@ def _setup_logging(path, debug: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
-def _available_memory() -> int:
-    """MemAvailable from /proc/meminfo in bytes (0 where it cannot be read)."""
+def _proc_bytes(path: str, field: str) -> int:
+    """A ``Field:   N kB`` line of a /proc file, in bytes (0 where it cannot be read)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def _available_memory() -> int:
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def _huge_page_bytes() -> int:
-    """This process's anonymous memory in transparent huge pages (0 where unknown)."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    """This process's anonymous memory in transparent huge pages."""
+    return _proc_bytes("/proc/self/smaps_rollup", "AnonHugePages")
 
 
 def _tune_malloc(cache_bytes: int) -> None:

@@ -61,12 +61,11 @@ _recent = threading.local()
 _KEEP = 2
 
 
-def _ordered_of(base: np.ndarray, width: int) -> np.ndarray:
-    """``base`` in ordered form: the one kept when ``base`` is a recent result of this thread
-    (read-only: callers never write into it), else computed."""
-    kept = getattr(_recent, "kept", None)
+def _ordered_of(base: np.ndarray, width: int, kept: bool = True) -> np.ndarray:
+    """``base`` in ordered form: with ``kept`` (decoding), the one kept when ``base`` is a
+    recent result of this thread (read-only: callers never write into it); else computed."""
     if kept:
-        for arr, ordered in kept:
+        for arr, ordered in getattr(_recent, "kept", ()):
             if arr is base and ordered.dtype.itemsize == width:
                 return ordered
     return _ordered(lanes(base, width), width)
@@ -105,13 +104,8 @@ def _predict2_ordered(base: np.ndarray, base2: np.ndarray, width: int,
                       kept: bool = False) -> np.ndarray:
     """2*ordered(base) - ordered(base2) (modular): the extrapolation, in ordered form (a new
     array). ``kept``: decoding, where the bases are this thread's recent results."""
-    if kept:
-        p = np.left_shift(_ordered_of(base, width), 1)
-        np.subtract(p, _ordered_of(base2, width), out=p)
-        return p
-    p = _ordered(lanes(base, width), width)
-    np.left_shift(p, 1, out=p)
-    np.subtract(p, _ordered(lanes(base2, width), width), out=p)
+    p = np.left_shift(_ordered_of(base, width, kept), 1)
+    np.subtract(p, _ordered_of(base2, width, kept), out=p)
     return p
 
 

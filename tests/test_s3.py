@@ -601,3 +601,19 @@ def test_prefetch_coalesces_neighbouring_objects_into_one_get(s3env, work):
         assert len(gets) <= 4 < len(oids), (len(gets), len(oids))
         assert f.read(0, f.size) == p.read_bytes()
         assert len(gets) <= 4                       # everything came from those GETs
+
+
+def test_settings_live_in_the_bucket_and_no_change_is_lost(s3env, tmp_path):
+    """``corafs config`` on an S3 repository writes the bucket's corafs.json (If-Match on its
+    ETag): a second machine sees it, and two machines changing settings keep both changes."""
+    from corafs import Repository
+    env, url = s3env
+    cli(env, "init", url)
+    other = {**env, "CORAFS_CACHE_DIR": str(tmp_path / "cache-other")}
+    with Repository(url) as a, Repository(url) as b:      # both read the config now
+        a.set_config("max_delta_depth", "3")
+        b.set_config("head_codec", "planes-zstd")          # b's copy is stale: re-read
+    assert cli(other, "config", url, "max_delta_depth").stdout.strip() == "3"
+    assert cli(other, "config", url, "head_codec").stdout.strip() == "planes-zstd"
+    with Repository(url) as r:
+        assert (r.tuning.max_delta_depth, r.tuning.head_codec) == (3, "planes-zstd")

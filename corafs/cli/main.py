@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("stats", cmd_stats, "storage accounting")
     sp.add_argument("repo")
 
+    sp = cmd("config", cmd_config, "show or change the repository's settings (author, "
+                                   "reflog expiry, delta depth, how new versions are stored)")
+    sp.add_argument("repo")
+    sp.add_argument("key", nargs="?", help="a setting (none: list them all)")
+    sp.add_argument("value", nargs="?", help="its new value (none: print the current one)")
+    sp.add_argument("--unset", metavar="KEY", help="return KEY to its default")
+
     for name, helptext in (("gc", "delete what no branch, tag, recent reflog entry or staged "
                                    "change reaches, and repack"),
                            ("repack", "consolidate packs and drop duplicate encodings")):
@@ -620,6 +627,27 @@ def cmd_stats(a):
         ]
         for k, v in rows:
             print(f"{k:<26} {v}")
+
+
+def cmd_config(a):
+    from ..core import settings
+    with open_repo(a.repo) as repo:
+        if a.unset is not None:
+            if a.key is not None:
+                raise CorafsError("usage: corafs config REPO [KEY [VALUE] | --unset KEY]")
+            v = repo.set_config(a.unset, None)
+        elif a.key is None:
+            for key, s in settings.SETTINGS.items():
+                v = settings.value(repo.config, key)
+                mark = "" if repo.config.get(key) is not None else "  (default)"
+                print(f"{key:<20} {'-' if v is None else v}{mark}")
+                print(f"{'':<20} {s.help}")
+            return
+        elif a.value is not None:
+            v = repo.set_config(a.key, a.value)
+        else:
+            v = settings.value(repo.config, a.key)
+        print("-" if v is None else v)
 
 
 def _staging_garbage(repo_path: str, repair: bool, repaired: list) -> list:

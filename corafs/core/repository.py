@@ -25,7 +25,7 @@ from ..errors import (AmbiguousRevision, CorafsError, IngestCancelled, NotARepos
                       NotFound, RefConflict, RefExists, RepositoryExists)
 from ..store import LocalStore, ObjectStore
 from ..store import s3
-from . import headfirst, revparse, tree
+from . import headfirst, revparse, settings, tree
 from .ingest import Ingestor, IngestResult
 from .objects import (canonical, decode_meta, decode_tensor_manifest, encode_meta,
                       meta_id)
@@ -92,7 +92,9 @@ class Repository:
                 raise NotARepository(f"{path} ({e})") from None
         if self.config.get("format") != FORMAT:
             raise NotARepository(f"{path} (unsupported format {self.config.get('format')})")
-        self.tuning = tuning
+        #: the caller's tuning with the repository's own encoding settings (corafs config)
+        self._given_tuning = tuning
+        self.tuning = tuning = settings.apply(tuning, self.config)
         self.store = store if store is not None else LocalStore(self.path, tuning)
         self.cache = BlockCache(tuning.block_cache_bytes)
         self.decoder = Decoder(self.store, self.cache)
@@ -180,6 +182,34 @@ class Repository:
     def default_author(self) -> str:
         return (os.environ.get("CORAFS_AUTHOR") or self.config.get("author")
                 or f"{getpass.getuser()}@{socket.gethostname()}")
+
+    def set_config(self, key: str, value) -> object:
+        """Set a repository setting (``corafs.core.settings``; ``None`` unsets it) in
+        corafs.json and return the value now in force. Encoding settings apply to what is
+        encoded from now on, by this Repository and every process that opens the repository
+        after (a running mount reads them when it starts); what is stored keeps its encoding."""
+        settings.lookup(key)
+        new = None if value is None else settings.check(key, value)
+
+        def change(cfg: dict) -> dict:
+            cfg = dict(cfg)
+            if new is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = new
+            return cfg
+
+        if s3.is_url(self.url):
+            self.config = self.store.update_config(change)
+        else:
+            from ..store.local import atomic_write
+            cfg_path = os.path.join(self.path, CONFIG)
+            with open(cfg_path) as f:
+                cfg = change(json.load(f))
+            atomic_write(cfg_path, json.dumps(cfg, indent=2).encode())
+            self.config = cfg
+        self.tuning = settings.apply(self._given_tuning, self.config)
+        return settings.value(self.config, key)
 
     # -- objects ----------------------------------------------------------------------------
     def put_meta(self, writer, obj: dict) -> str:

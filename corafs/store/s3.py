@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import tempfile
 import threading
@@ -294,6 +295,24 @@ class S3Store(PackIndex, ObjectStore):
             if _lost_race(e):
                 return False
             raise _describe(e, self.bucket, self._key("corafs.json")) from None
+
+    def update_config(self, change) -> dict:
+        """Replace the config with ``change(config)`` (a dict), and return it. Written with
+        If-Match on the ETag read, so a concurrent change on another machine is read again and
+        applied to, never overwritten."""
+        for _ in range(8):
+            got = self._get("corafs.json")
+            if got is None:
+                raise S3Error(f"s3://{self.bucket}/{self._key('corafs.json')} is missing")
+            cfg = change(json.loads(got[0]))
+            try:
+                self._put("corafs.json", json.dumps(cfg, indent=2).encode(), IfMatch=got[1])
+                return cfg
+            except Exception as e:
+                if not _lost_race(e):
+                    raise
+        raise S3Error(f"s3://{self.bucket}/{self._key('corafs.json')} kept changing under "
+                      "this update: try again")
 
     def check_conditional_writes(self) -> None:
         """Two writers racing to create one key, and a move with a stale ETag: the service

@@ -146,3 +146,33 @@ def test_settings_override_the_tuning_a_process_opens_with(tmp_path):
         assert r.tuning.max_delta_depth == 5 and r.tuning.head_codec == "planes-zstd"
         with pytest.raises(CorafsError, match="unknown setting"):
             r.set_config("block_size", "1")
+
+
+def test_a_long_lived_repository_takes_up_changed_settings_at_its_next_commit(tmp_path, work):
+    """As a running mount daemon does: a setting changed by another process applies from the
+    next commit (head codec) and the next re-encoding job (delta depth); a bad value edited in
+    meanwhile leaves the settings in force and commits go on."""
+    path = tmp_path / "r"
+    repo = Repository.init(str(path))
+    try:
+        repo.background_reencode = False
+        run_cli("config", path, "head_codec", "planes-zstd")
+        run_cli("config", path, "max_delta_depth", "2")
+        want, w = {}, None
+        for v in range(5):
+            p = work / "model.safetensors"
+            w = _version(p, w, v)
+            want[repo.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+            assert {repo.block_header(b).codec
+                    for b in _blocks(repo, "main:model.safetensors")} == {"planes-zstd"}
+            repo.reencode()
+        assert max(_max_depths(repo, want)) <= 2
+        cfg = json.loads((path / "corafs.json").read_text())
+        (path / "corafs.json").write_text(json.dumps({**cfg, "head_codec": "fast"}))
+        p = work / "model.safetensors"
+        _version(p, w, 9)
+        cid = repo.commit("main", {"model.safetensors": str(p)}).commit
+        assert sha256_bytes(repo.read_file(f"{cid}:model.safetensors")) == sha256_file(p)
+        assert repo.tuning.head_codec == "planes-zstd"
+    finally:
+        repo.close()

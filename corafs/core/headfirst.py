@@ -120,6 +120,7 @@ def run_pending(repo, cancel: Optional[threading.Event] = None, repack: bool = T
     with lock(repo, blocking) as got:
         if not got:
             return rep
+        repo.refresh_settings()       # corafs config may have changed them since we opened
         while True:
             jobs = pending(repo)
             if not jobs:

@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import getpass
 import json
+import logging
 import os
 import re
 import socket
@@ -34,6 +35,7 @@ from .simindex import SimIndex
 
 CONFIG = "corafs.json"
 FORMAT = 1
+_log = logging.getLogger("corafs.repository")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +185,27 @@ class Repository:
         return (os.environ.get("CORAFS_AUTHOR") or self.config.get("author")
                 or f"{getpass.getuser()}@{socket.gethostname()}")
 
+    def _read_config(self) -> dict:
+        if s3.is_url(self.url):
+            raw = self.store.get_config()
+            if raw is None:
+                raise NotARepository(self.url)
+            return json.loads(raw)
+        with open(os.path.join(self.path, CONFIG)) as f:
+            return json.load(f)
+
+    def refresh_settings(self) -> None:
+        """Re-read corafs.json, so a setting another process changed (``corafs config`` while
+        a mount runs) applies here from the next commit or re-encoding job on. A config that
+        cannot be read or holds a bad value leaves the settings in force as they were."""
+        try:
+            cfg = self._read_config()
+            tuning = settings.apply(self._given_tuning, cfg)
+        except (OSError, ValueError, CorafsError) as e:
+            _log.warning("%s: keeping the settings in force: %s", CONFIG, e)
+            return
+        self.config, self.tuning = cfg, tuning
+
     def set_config(self, key: str, value) -> object:
         """Set a repository setting (``corafs.core.settings``; ``None`` unsets it) in
         corafs.json and return the value now in force. Encoding settings apply to what is
@@ -203,10 +226,8 @@ class Repository:
             self.config = self.store.update_config(change)
         else:
             from ..store.local import atomic_write
-            cfg_path = os.path.join(self.path, CONFIG)
-            with open(cfg_path) as f:
-                cfg = change(json.load(f))
-            atomic_write(cfg_path, json.dumps(cfg, indent=2).encode())
+            cfg = change(self._read_config())
+            atomic_write(os.path.join(self.path, CONFIG), json.dumps(cfg, indent=2).encode())
             self.config = cfg
         self.tuning = settings.apply(self._given_tuning, self.config)
         return settings.value(self.config, key)
@@ -611,6 +632,7 @@ class Repository:
         head_tree = self.commit_obj(head).tree
         results: list[tuple[str, IngestResult]] = []
         changes: dict[str, Optional[dict]] = {}
+        self.refresh_settings()
         w = self.store.writer()
         try:
             ing = Ingestor(self, w, self.pool, on_progress, lossy)
@@ -657,6 +679,7 @@ class Repository:
         pack, durable on return. Returns, per item, its IngestResult or the exception that
         stopped that file alone (the others are stored anyway). Nothing is committed."""
         head_tree = self.commit_obj(self.head(branch)).tree
+        self.refresh_settings()
         w = self.store.writer()
         out: list = []
         try:

@@ -209,8 +209,9 @@ class Repository:
     def set_config(self, key: str, value) -> object:
         """Set a repository setting (``corafs.core.settings``; ``None`` unsets it) in
         corafs.json and return the value now in force. Encoding settings apply to what is
-        encoded from now on, by this Repository and every process that opens the repository
-        after (a running mount reads them when it starts); what is stored keeps its encoding."""
+        encoded from now on, here and in every other process using the repository (each
+        re-reads them at its next commit or re-encoding job); what is stored keeps its
+        encoding."""
         settings.lookup(key)
         new = None if value is None else settings.check(key, value)
 
@@ -386,7 +387,7 @@ class Repository:
                      expire_days: Optional[float] = None) -> set[str]:
         """Commits that reflog entries younger than ``expire_days`` (default:
         ``reflog_expire_days`` of corafs.json, 90) keep alive: gc must not remove them."""
-        days = float(self.config.get("reflog_expire_days", 90) if expire_days is None
+        days = float(settings.value(self.config, "reflog_expire_days") if expire_days is None
                      else expire_days)
         cutoff = (now_ns or time.time_ns()) - int(days * 86400e9)
         out: set[str] = set()

@@ -66,6 +66,21 @@ def state_dir(spec: str) -> str:
     return s3.local_dir(spec) if s3.is_url(spec) else os.path.abspath(spec)
 
 
+def _read_config(spec: str, path: str, store) -> dict:
+    """A repository's corafs.json: from its bucket (``store``) for an ``s3://`` one, else from
+    its directory. NotARepository where there is none."""
+    if s3.is_url(spec):
+        raw = store.get_config()
+        if raw is None:
+            raise NotARepository(spec)
+        return json.loads(raw)
+    cfg = os.path.join(path, CONFIG)
+    if not os.path.isfile(cfg):
+        raise NotARepository(spec)
+    with open(cfg) as f:
+        return json.load(f)
+
+
 class Repository:
     def __init__(self, path: str, tuning: Tuning = DEFAULT, store: Optional[ObjectStore] = None):
         #: where the repository is: a local directory, or an ``s3://bucket/prefix`` URL
@@ -75,23 +90,12 @@ class Repository:
             # (mount staging, caches, logs) in a local directory
             store = store if store is not None else s3.S3Store(path, tuning)
             self.path = store.local
-            raw = store.get_config()
-            if raw is None:
-                raise NotARepository(path)
-            try:
-                self.config = json.loads(raw)
-            except ValueError as e:
-                raise NotARepository(f"{path} ({e})") from None
         else:
             self.path = self.url
-            cfg = os.path.join(self.path, CONFIG)
-            if not os.path.isfile(cfg):
-                raise NotARepository(path)
-            try:
-                with open(cfg) as f:
-                    self.config = json.load(f)
-            except (OSError, ValueError) as e:
-                raise NotARepository(f"{path} ({e})") from None
+        try:
+            self.config = _read_config(path, self.path, store)
+        except (OSError, ValueError) as e:
+            raise NotARepository(f"{path} ({e})") from None
         if self.config.get("format") != FORMAT:
             raise NotARepository(f"{path} (unsupported format {self.config.get('format')})")
         #: the caller's tuning with the repository's own encoding settings (corafs config)
@@ -118,10 +122,8 @@ class Repository:
         if s3.is_url(path):
             Repository(path).close()
             return
-        cfg = os.path.join(path, CONFIG)
         try:
-            with open(cfg) as f:
-                fmt = json.load(f).get("format")
+            fmt = _read_config(path, path, None).get("format")
         except (OSError, ValueError):
             raise NotARepository(path) from None
         if fmt != FORMAT:
@@ -185,21 +187,12 @@ class Repository:
         return (os.environ.get("CORAFS_AUTHOR") or self.config.get("author")
                 or f"{getpass.getuser()}@{socket.gethostname()}")
 
-    def _read_config(self) -> dict:
-        if s3.is_url(self.url):
-            raw = self.store.get_config()
-            if raw is None:
-                raise NotARepository(self.url)
-            return json.loads(raw)
-        with open(os.path.join(self.path, CONFIG)) as f:
-            return json.load(f)
-
     def refresh_settings(self) -> None:
         """Re-read corafs.json, so a setting another process changed (``corafs config`` while
         a mount runs) applies here from the next commit or re-encoding job on. A config that
         cannot be read or holds a bad value leaves the settings in force as they were."""
         try:
-            cfg = self._read_config()
+            cfg = _read_config(self.url, self.path, self.store)
             tuning = settings.apply(self._given_tuning, cfg)
         except (OSError, ValueError, CorafsError) as e:
             _log.warning("%s: keeping the settings in force: %s", CONFIG, e)
@@ -227,7 +220,7 @@ class Repository:
             self.config = self.store.update_config(change)
         else:
             from ..store.local import atomic_write
-            cfg = change(self._read_config())
+            cfg = change(_read_config(self.url, self.path, self.store))
             atomic_write(os.path.join(self.path, CONFIG), json.dumps(cfg, indent=2).encode())
             self.config = cfg
         self.tuning = settings.apply(self._given_tuning, self.config)

@@ -52,13 +52,30 @@ PY
   ls -l "$OUT/mnt/@history/main/"
   say "write through the mount: mkdir makes a branch, cp makes a commit"
   mkdir "$OUT/mnt/finetune"
+  before=$(corafs log "$OUT/repo" finetune --oneline | head -1)
   cp "$OUT/run/ckpt-00100/model.safetensors" "$OUT/mnt/finetune/model.safetensors"
-  for _ in $(seq 100); do    # until the copy is committed (corafs status: nothing staged)
-    corafs status "$OUT/repo" | grep -q "nothing staged" && break
+  # the copy must become a commit on finetune while mounted (corafs status: nothing staged,
+  # and a new head), not only at unmount
+  committed=""
+  deadline=$((SECONDS + 60))
+  while [ $SECONDS -lt $deadline ]; do
+    if corafs status "$OUT/repo" | grep -q "nothing staged" &&
+       [ "$(corafs log "$OUT/repo" finetune --oneline | head -1)" != "$before" ]; then
+      committed=1
+      break
+    fi
     sleep 0.2
   done
+  if [ -z "$committed" ]; then
+    echo "ERROR: the copy into the mount was not committed within 60 s while mounted" >&2
+    corafs status "$OUT/repo" >&2 || true
+    echo "--- mount log (last 30 lines) ---" >&2
+    tail -n 30 "$OUT/repo/logs/mount.log" >&2 || true
+    exit 1
+  fi
+  echo "committed while mounted:"
   corafs log "$OUT/repo" finetune --oneline | head -3
-  corafs umount "$OUT/mnt"
+  corafs umount "$OUT/mnt"      # exits non-zero if background work failed while mounted
   trap - EXIT
 fi
 say "demo finished"

@@ -64,12 +64,18 @@ def cmd_mount(a):
 
 
 def cmd_umount(a):
-    left = umount(a.mountpoint)
-    if left:
-        print(f"unmounted {a.mountpoint}, but {len(left)} change(s) are not committed; the next "
-              "mount retries them (`corafs status` shows them):", file=sys.stderr)
-        for line in left:
+    rep = umount(a.mountpoint)
+    if rep.failures:
+        print("background work failed while mounted (details in the mount log):",
+              file=sys.stderr)
+        for line in rep.failures:
             print(f"  {line}", file=sys.stderr)
+    if rep.staged:
+        print(f"unmounted {a.mountpoint}, but {len(rep.staged)} change(s) are not committed; "
+              "the next mount retries them (`corafs status` shows them):", file=sys.stderr)
+        for line in rep.staged:
+            print(f"  {line}", file=sys.stderr)
+    if rep.staged or rep.failing:
         return 1
 
 
@@ -78,10 +84,20 @@ def cmd_status(a):
     from ..daemon import MountLock
     from ..view.staging import status_lines
     from ..core.repository import state_dir
-    Repository(a.repo).close()
+    from ..core import headfirst
+    with Repository(a.repo) as repo:
+        held = headfirst.held(repo)
     holder = MountLock(a.repo).holder()
     print(f"mounted: {holder}" if holder else "not mounted")
-    lines = status_lines(state_dir(a.repo))
+    for h in held:
+        print(f"held     re-encoding of what commit {h.commit[:12]} replaced is set aside: "
+              f"{h.reason}")
+    from ..view import health
+    root = state_dir(a.repo)
+    failing = health.failing_lines(os.path.join(root, "staging"))
+    for line in failing:
+        print(line)
+    lines = status_lines(root)
     for line in lines:
         print(line)
     if not lines:

@@ -154,10 +154,12 @@ class Repository:
             repo = cls(path, tuning)
         if not initial_commit:
             return repo
-        with repo.store.writer() as w:
-            tid = repo.put_meta(w, tree.empty_tree())
-            cid = repo._put_commit(w, tid, [], "Initialize repository", repo.default_author())
-        repo._move_ref(f"heads/{default_branch}", None, cid, "init")
+        with repo.store.claim():             # until the ref holds what the batch wrote
+            with repo.store.writer() as w:
+                tid = repo.put_meta(w, tree.empty_tree())
+                cid = repo._put_commit(w, tid, [], "Initialize repository",
+                                       repo.default_author())
+            repo._move_ref(f"heads/{default_branch}", None, cid, "init")
         return repo
 
     def close(self) -> None:
@@ -400,14 +402,15 @@ class Repository:
     def create_tag(self, name: str, rev: Optional[str] = None, message: str = "") -> str:
         revparse.check_ref_name(name, "tag")
         cid = self.resolve(rev or self.default_branch)
-        with self.store.writer() as w:
-            oid = self.put_meta(w, {"type": "tag", "name": name, "commit": cid,
-                                    "message": message, "tagger": self.default_author(),
-                                    "time_ns": time.time_ns()})
-        try:
-            self._move_ref(f"tags/{name}", None, oid, f"tag: {rev or self.default_branch}")
-        except RefConflict:
-            raise RefExists(f"tag {name}") from None
+        with self.store.claim():             # until the ref holds the tag object
+            with self.store.writer() as w:
+                oid = self.put_meta(w, {"type": "tag", "name": name, "commit": cid,
+                                        "message": message, "tagger": self.default_author(),
+                                        "time_ns": time.time_ns()})
+            try:
+                self._move_ref(f"tags/{name}", None, oid, f"tag: {rev or self.default_branch}")
+            except RefConflict:
+                raise RefExists(f"tag {name}") from None
         return cid
 
     def delete_tag(self, name: str) -> None:
@@ -759,6 +762,11 @@ class Repository:
         if headfirst.pending(self):
             self._reencoder.kick()
 
+    @property
+    def reencode_error(self) -> Optional[BaseException]:
+        """Why the last background re-encoding run failed (None after one that did not)."""
+        return self._reencoder.error
+
     def wait_reencode(self, timeout: Optional[float] = None) -> bool:
         """Until the background re-encoding started by this object's commits is done."""
         return self._reencoder.wait(timeout)
@@ -768,13 +776,16 @@ class Repository:
         from .fsck import fsck
         return fsck(self, on_progress, repair)
 
-    def repack(self, collect: bool = False, grace: float = 900.0, dry_run: bool = False,
-               expire_reflog: Optional[float] = None, on_progress=None):
-        """Rewrite packs: consolidate, drop duplicates and (``collect``) unreachable objects."""
+    def repack(self, collect: bool = False, grace: Optional[float] = None,
+               dry_run: bool = False, expire_reflog: Optional[float] = None, on_progress=None):
+        """Rewrite packs: consolidate, drop duplicates and (``collect``) unreachable objects.
+        ``grace`` (seconds): packs younger than this are left alone; None: none on a local
+        repository (writers hold the gc lock until their objects are reachable), 15 minutes
+        on one shared by machines."""
         from .gc import repack
         return repack(self, collect, grace, dry_run, expire_reflog, on_progress)
 
-    def gc(self, grace: float = 900.0, dry_run: bool = False,
+    def gc(self, grace: Optional[float] = None, dry_run: bool = False,
            expire_reflog: Optional[float] = None, on_progress=None):
         """``repack(collect=True)``: what no branch, tag, young reflog entry or staged change
         reaches is deleted and its space returned."""

@@ -7,6 +7,7 @@ a dead mount ("Transport endpoint is not connected") is noticed, an empty direct
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -56,20 +57,36 @@ def check_mountpoint(mountpoint: str) -> str:
 
 
 class MountLock:
-    """One mount per local repository (a second one is refused): an fcntl lock held by the
-    daemon for its lifetime, with the holder's pid and mountpoint for the error message."""
+    """One mount per local repository (a second one is refused): a lock held by the daemon for
+    its lifetime, with the holder's pid and mountpoint for the error message.
+
+    An open-file-description lock (``F_OFD_SETLK``, Linux 3.15), not ``flock``: ``holder()``
+    asks the kernel who holds it (``F_OFD_GETLK``) without taking it, so a ``corafs status``,
+    ``fsck`` or second mount that probes at the moment a mount starts cannot make that mount
+    fail. The lock belongs to the daemon's descriptor: the kernel drops it however the daemon
+    ends, and closing another descriptor of the file does not (as it would a POSIX lock)."""
+
+    _FLOCK = "hhqqixxxx"        # struct flock: l_type, l_whence, l_start, l_len, l_pid
 
     def __init__(self, repo_path: str):
         self.path = os.path.join(state_dir(repo_path), "staging", "mount.lock")
         self.fd: Optional[int] = None
+
+    @classmethod
+    def _request(cls, kind: int) -> bytes:
+        import struct
+        return struct.pack(cls._FLOCK, kind, os.SEEK_SET, 0, 0, 0)
 
     def acquire(self, mountpoint: str) -> None:
         import fcntl
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, self._request(fcntl.F_WRLCK))
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
             raise CorafsError(f"repository is already mounted ({holder or 'by another process'})"
@@ -84,15 +101,18 @@ class MountLock:
             self.fd = None
 
     def holder(self) -> Optional[str]:
+        """Who holds the lock (its pid and mountpoint), or None; never takes the lock."""
         import fcntl
-        if not os.path.exists(self.path):
-            return None
-        fd = os.open(self.path, os.O_RDWR)
+        import struct
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
             return None
-        except BlockingIOError:
-            return os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        try:
+            res = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, self._request(fcntl.F_WRLCK))
+            if struct.unpack(self._FLOCK, res)[0] == fcntl.F_UNLCK:
+                return None
+            return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "by another process"
         finally:
             os.close(fd)
 
@@ -151,6 +171,12 @@ def mount(repo_path: str, mountpoint: str, opts: MountOptions) -> None:
 def _setup_logging(path, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    # a dependency deprecating what we call says so in the log (once per call site), long
+    # before it removes it; the test suite turns the same warnings into errors
+    import warnings
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("default", category=category)
+    logging.captureWarnings(True)
 
 
 def _proc_bytes(path: str, field: str) -> int:
@@ -264,6 +290,7 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     from ..fuse import Operations
     from ..view import MountView
 
+    from ..view.health import Health
     from ..view.staging import Staging, status_lines
 
     sys.setswitchinterval(DEFAULT.mount_switch_interval)
@@ -285,6 +312,7 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         for path, n in repo.store.clean_temporaries():   # what a killed writer left
             log.info("removed %s (%d bytes) left by an interrupted write", path, n)
     staging = Staging(repo, os.path.join(repo.path, "staging"), opts.commit_delay, opts.author)
+    health = Health(staging.root)
     staging.max_file_size = opts.max_file_size
     view = MountView(repo, staging)
     for line in staging.recover():
@@ -308,7 +336,7 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         raise CorafsError(f"cannot mount {mp} ({e}){hint}") from None
     clean = False
     try:
-        trio.run(_main, ops, mp, opts, ready_fd)
+        trio.run(_main, ops, health, mp, opts, ready_fd)
         clean = True
     finally:
         pyfuse3.close(unmount=clean)
@@ -317,8 +345,13 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
             timer = threading.Timer(opts.unmount_timeout, staging.stop.set)
             timer.daemon = True
             timer.start()
-            for cid in staging.commit_all():
+            failed: list[BaseException] = []
+            for cid in staging.commit_all(on_error=failed.append):
                 log.info("committed %s at unmount", cid[:12])
+            if failed:
+                health.failed("commit", failed[-1])
+            elif not staging.pending():
+                health.ok("commit")
             timer.cancel()
             for line in status_lines(repo.path):
                 log.warning("left staged at unmount: %s", line)
@@ -328,15 +361,15 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         log.info("unmounted %s", mp)
 
 
-async def _main(ops, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
+async def _main(ops, health, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
     import pyfuse3
     import trio
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals)
-        nursery.start_soon(_refresher, ops, opts.refresh_interval)
+        nursery.start_soon(_refresher, ops, health, opts.refresh_interval)
         nursery.start_soon(_ready, mp, opts, ready_fd)
-        nursery.start_soon(_committer, ops)
+        nursery.start_soon(_committer, ops, health)
         await pyfuse3.main()
         # background ingests stop now (their threads are abandoned, not waited for); the
         # unmount commit that follows has its own, bounded, time
@@ -377,7 +410,24 @@ async def _ready(mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
         os.close(ready_fd)
 
 
-async def _refresher(ops, interval: float) -> None:
+def _attempt(health, task: str, fn) -> None:
+    """Run one background attempt; a failure is recorded (``corafs status`` shows it) and its
+    traceback logged once per streak, then a reminder every few minutes, not every retry."""
+    try:
+        fn()
+    except Exception as e:
+        if health.failed(task, e):
+            log.exception("%s failed; changes stay staged and it is retried", task)
+        else:
+            note = health.remind(task)
+            if note:
+                log.error("%s", note)
+        raise
+    if health.ok(task):
+        log.info("%s succeeded again", task)
+
+
+async def _refresher(ops, health, interval: float) -> None:
     """Poll refs; make the kernel forget what a moved ref changed."""
     import trio
 
@@ -385,34 +435,57 @@ async def _refresher(ops, interval: float) -> None:
         await trio.sleep(interval)
         try:
             await ops.apply_refresh()
-        except Exception:
-            log.exception("refresh failed")
+        except Exception as e:
+            if health.failed("refresh", e):
+                log.exception("refresh failed")
+        else:
+            health.ok("refresh")
 
 
-async def _committer(ops) -> None:
+async def _committer(ops, health) -> None:
     """Ingest files whose last writer closed; commit branches whose quiet period passed."""
     import trio
 
     staging = ops.staging
+    repo = staging.repo
     while True:
         await trio.sleep(0.1)
         try:
-            # cancellable: at unmount the task leaves the thread (which stops on its own)
+            # abandon_on_cancel: at unmount the task leaves the thread (which stops on its own)
             if staging.to_ingest():            # closed files, wherever they are now
-                await trio.to_thread.run_sync(staging.ingest_ready, cancellable=True)
+                await trio.to_thread.run_sync(_attempt, health, "ingest", staging.ingest_ready,
+                                              abandon_on_cancel=True)
             due = staging.due()
             for branch in due:
-                await trio.to_thread.run_sync(staging.commit, branch, cancellable=True)
+                await trio.to_thread.run_sync(_attempt, health, "commit",
+                                              lambda b=branch: staging.commit(b),
+                                              abandon_on_cancel=True)
             if due:
                 await ops.apply_refresh()
         except Exception:
-            log.exception("background commit failed; changes stay staged")
-            await trio.sleep(1.0)
+            await trio.sleep(1.0)              # logged and recorded by _attempt
+        err = repo.reencode_error
+        if err is not None:
+            if health.failed("reencode", err):
+                log.error("re-encoding of history failed (%s: %s); its jobs stay queued",
+                          type(err).__name__, err, exc_info=err)
+        else:
+            health.ok("reencode")
 
 
-def umount(mountpoint: str, timeout: float = 90.0) -> list[str]:
-    """Unmount and wait for the daemon to finish committing. Returns what stays staged (files
-    that could not be stored, or were not stored within the unmount timeout)."""
+@dataclasses.dataclass
+class UnmountReport:
+    #: what stays staged (files that could not be stored, or not within the unmount timeout)
+    staged: list[str] = dataclasses.field(default_factory=list)
+    #: background work that failed while mounted (recovered or not), one line each
+    failures: list[str] = dataclasses.field(default_factory=list)
+    #: some background work was still failing when the mount ended
+    failing: bool = False
+
+
+def umount(mountpoint: str, timeout: float = 90.0) -> UnmountReport:
+    """Unmount and wait for the daemon to finish committing; report what stays staged and
+    what background work failed while mounted."""
     mp = os.path.abspath(mountpoint)
     if not os.path.ismount(mp):
         raise CorafsError(f"{mp} is not mounted")
@@ -437,6 +510,10 @@ def umount(mountpoint: str, timeout: float = 90.0) -> list[str]:
             break
         time.sleep(0.05)
     if repo is None:
-        return []
+        return UnmountReport()
+    from ..view import health
     from ..view.staging import status_lines
-    return [line for line in status_lines(repo) if line.startswith("staged")]
+    root = os.path.join(repo, "staging")
+    return UnmountReport(staged=[ln for ln in status_lines(repo) if ln.startswith("staged")],
+                         failures=health.history_lines(root),
+                         failing=bool(health.failing_lines(root)))

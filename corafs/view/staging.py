@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -82,14 +83,20 @@ class Staging:
             j.load()
             return j
         except Exception as e:
-            lost = os.path.join(self.root, "lost+found")
-            os.makedirs(lost, exist_ok=True)
-            dest = os.path.join(lost, f"journal-{int(time.time())}.db")
-            for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(path + suffix):
-                    shutil.move(path + suffix, dest + suffix)
-            self._notes.append(f"the staging journal could not be read ({e}); kept as {dest}")
+            self._notes.append(self._set_aside_journal(path, e))
             return Journal(path)
+
+    def _set_aside_journal(self, path: str, why: BaseException) -> str:
+        """Move an unreadable journal to lost+found with its ``-wal`` and ``-shm`` (left
+        beside a fresh journal, SQLite could replay them into it); the report line."""
+        lost = os.path.join(self.root, "lost+found")
+        os.makedirs(lost, exist_ok=True)
+        dest = os.path.join(lost, f"journal-{time.strftime('%Y%m%dT%H%M%S')}-"
+                                  f"{uuid.uuid4().hex[:6]}.db")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                shutil.move(path + suffix, dest + suffix)
+        return f"the staging journal could not be read ({why}); kept as {dest}"
 
     def bind(self, alloc, on_detach) -> None:
         """The inode table of the view that shows these trees."""
@@ -167,6 +174,16 @@ class Staging:
         return spool, os.open(spool, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     # -- namespace operations -----------------------------------------------------------------------
+    def mknod(self, d, name: str, mode: int) -> LiveNode:
+        """``mknod`` of a regular file creates an empty file, as on Linux; device nodes,
+        FIFOs and sockets are not versioned (EPERM)."""
+        if not stat.S_ISREG(mode) and stat.S_IFMT(mode) != 0:
+            raise _err(errno.EPERM, "only files, directories and symlinks are versioned")
+        n, s, fd = self.create(d, name, mode)
+        os.close(fd)
+        self.release(n, s)
+        return n
+
     def create(self, d, name: str, mode: int) -> tuple[LiveNode, Staged, int]:
         check_name(name)
         with self.lock:
@@ -462,35 +479,48 @@ class Staging:
                             pairs.append((n.parent, n.name))
                     if pairs:
                         self._record(branch, pairs, durable=True)
-            results = self.repo.ingest_many([(s.spool, p) for _n, s, _g, p in items], branch,
-                                            cancel=stop)
-        except IngestCancelled:
-            return                                # unmounting: they stay staged (durable)
-        except Exception as e:  # e.g. the branch was deleted: every file keeps its data
+        except Exception as e:  # the spools could not be made durable: each stays staged
             results = [e] * len(items)
-        with self.lock:
-            pairs = []
-            for (n, s, gen, path), res in zip(items, results):
-                if s.gen != gen or n.staged is not s:
-                    continue
-                if isinstance(res, BaseException):
-                    log.error("%s:%s could not be stored, it stays staged: %s: %s", branch, path,
-                              type(res).__name__, res)
-                    s.state = FAILED
-                    s.reason = f"{type(res).__name__}: {res}"
-                elif s.state == DURABLE:
-                    if res.reason:
-                        log.warning("%s:%s stored as an opaque file (%s)", branch, path,
-                                    res.reason)
-                    s.state = INGESTED
-                    s.entry = res.entry
-                    s.reason = res.reason
-                else:
-                    continue
-                if n.parent is not None and self.forest.attached(n):
-                    pairs.append((n.parent, n.name))
-            if pairs:
-                self._record(branch, pairs, durable=True)
+            with self.lock:
+                self._record_results(branch, items, results)
+            return
+        # the stored objects are claimed until the journal refers to them: a gc in between
+        # would find them unreachable
+        with self.repo.store.claim():
+            try:
+                results = self.repo.ingest_many([(s.spool, p) for _n, s, _g, p in items],
+                                                branch, cancel=stop)
+            except IngestCancelled:
+                return                            # unmounting: they stay staged (durable)
+            except Exception as e:  # e.g. the branch was deleted: every file keeps its data
+                results = [e] * len(items)
+            with self.lock:
+                self._record_results(branch, items, results)
+
+    def _record_results(self, branch: str, items: list, results: list) -> None:
+        """Each file's ingest result: INGESTED with its entry, or FAILED with the reason."""
+        pairs = []
+        for (n, s, gen, path), res in zip(items, results):
+            if s.gen != gen or n.staged is not s:
+                continue
+            if isinstance(res, BaseException):
+                log.error("%s:%s could not be stored, it stays staged: %s: %s", branch, path,
+                          type(res).__name__, res)
+                s.state = FAILED
+                s.reason = f"{type(res).__name__}: {res}"
+            elif s.state == DURABLE:
+                if res.reason:
+                    log.warning("%s:%s stored as an opaque file (%s)", branch, path,
+                                res.reason)
+                s.state = INGESTED
+                s.entry = res.entry
+                s.reason = res.reason
+            else:
+                continue
+            if n.parent is not None and self.forest.attached(n):
+                pairs.append((n.parent, n.name))
+        if pairs:
+            self._record(branch, pairs, durable=True)
 
     # -- committing ------------------------------------------------------------------------------------
     def due(self, now: Optional[float] = None) -> list[str]:
@@ -568,13 +598,17 @@ class Staging:
         if self.journal is not None:
             self.journal.replace(branch, bt.base if bt is not None and rows else None, rows)
 
-    def commit_all(self) -> list[str]:
+    def commit_all(self, on_error=None) -> list[str]:
+        """Commit every branch with changes; ``on_error(exc)`` hears of each that failed
+        (it stays staged)."""
         out = []
         for b in self.pending():
             try:
                 cid = self.commit(b)
-            except Exception:
+            except Exception as e:
                 log.exception("commit of staged changes on %s failed; they stay staged", b)
+                if on_error is not None:
+                    on_error(e)
                 continue
             if cid:
                 out.append(cid)
@@ -620,12 +654,10 @@ class Staging:
         try:
             data = self.journal.load()
         except Exception as e:  # an unreadable journal must not stop the mount
-            dest = os.path.join(lost, f"journal-{int(time.time())}.db")
-            os.makedirs(lost, exist_ok=True)
             self.journal.close()
-            shutil.move(self.journal.path, dest)
+            report.append(self._set_aside_journal(self.journal.path, e))
             self.journal = Journal(os.path.join(self.root, "journal.db"))
-            return [f"the staging journal could not be read ({e}); kept as {dest}"]
+            return report
         for branch, (base, rows) in sorted(data.items()):
             try:
                 report += self._recover_branch(branch, base, rows, lost)

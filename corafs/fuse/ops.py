@@ -327,6 +327,11 @@ class Operations(pyfuse3.Operations):
         n = self.view.node(inode)
         if not n.live:
             raise pyfuse3.FUSEError(errno.EROFS)
+        # refused before anything is applied: a chown comes with the kernel's clearing of the
+        # set-id bits in the same call, and a refused call must leave the file as it was
+        if (fields.update_uid and attr.st_uid not in (os.getuid(), -1, 0xFFFFFFFF)) or \
+                (fields.update_gid and attr.st_gid not in (os.getgid(), -1, 0xFFFFFFFF)):
+            raise pyfuse3.FUSEError(errno.EPERM)       # ownership is not versioned
         if fields.update_size:
             w = self.writers.get(fh) if fh is not None else None
             fd = w.fd if w is not None and w.node is n else None
@@ -339,9 +344,6 @@ class Operations(pyfuse3.Operations):
         if mode is not None or mtime is not None:
             await self._meta(self.staging.set_attrs, n, mode, mtime)
             self.on_change()
-        if (fields.update_uid and attr.st_uid not in (os.getuid(), -1, 0xFFFFFFFF)) or \
-                (fields.update_gid and attr.st_gid not in (os.getgid(), -1, 0xFFFFFFFF)):
-            raise pyfuse3.FUSEError(errno.EPERM)       # ownership is not versioned
         return self._attrs(n)
 
     @_guard
@@ -436,8 +438,11 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        self._parent(parent_inode)
-        raise pyfuse3.FUSEError(errno.EPERM)           # only files, directories, symlinks
+        d = self._parent(parent_inode)
+        node = await self._meta(self.staging.mknod, d, self._name(name), mode)
+        self.view.remember(node)
+        self.on_change()
+        return self._attrs(node)
 
     @_guard
     async def setxattr(self, inode, name, value, ctx):

@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS rows (
 
 
 class Journal:
+    """Every write is one ``BEGIN IMMEDIATE`` ... ``COMMIT``; a statement that fails inside
+    (disk full, an I/O error) rolls the transaction back, so the connection never stays inside
+    a transaction that would make every later change fail."""
+
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         self.lock = threading.Lock()
@@ -59,9 +63,12 @@ class Journal:
                 cur.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)",
                                 [(branch, p, json.dumps(r)) for p, r in rows.items()])
                 cur.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
             finally:
                 if durable:
-                    self.db.execute("PRAGMA synchronous=NORMAL")
+                    self._normal()
 
     def replace(self, branch: str, base: Optional[str], rows: dict[str, dict]) -> None:
         """All rows of ``branch`` at once (after a commit); base None forgets the branch."""
@@ -78,8 +85,24 @@ class Journal:
                     cur.executemany("INSERT INTO rows VALUES (?, ?, ?)",
                                     [(branch, p, json.dumps(r)) for p, r in rows.items()])
                 cur.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
             finally:
-                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._normal()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass       # sqlite rolled back on its own (an I/O error may do so)
+
+    def _normal(self) -> None:
+        try:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            pass           # not worth hiding the error that brought us here
 
     # -- reading --------------------------------------------------------------------------------
     def load(self) -> dict[str, tuple[str, dict[str, dict]]]:

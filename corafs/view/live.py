@@ -121,7 +121,21 @@ class LiveNode:
         return self.mtime_ns if self.mtime_ns is not None else self.default_mtime
 
     @property
+    def linked(self) -> bool:
+        """Still reachable from its branch's root: false for a file unlinked (or replaced by
+        a rename) while a process still has it open."""
+        n = self
+        while n.parent is not None:
+            p = n.parent
+            if p.children is None or p.children.get(n.name) is not n:
+                return False
+            n = p
+        return True
+
+    @property
     def nlink(self) -> int:
+        if not self.linked:
+            return 0                 # as on a local disk: fstat of an unlinked open file
         if self.kind != "dir":
             return 1
         if self.children is None:

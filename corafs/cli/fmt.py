@@ -22,3 +22,12 @@ def when(time_ns: int) -> str:
 
 def shape(s) -> str:
     return "[" + ", ".join(str(x) for x in s) + "]"
+
+
+def duration(seconds: float) -> str:
+    """``900`` -> ``15 min``; ``45`` -> ``45 s``; ``7200`` -> ``2 h``."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:.0f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"

@@ -185,9 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp = cmd(name, cmd_gc, helptext)
         sp.add_argument("repo")
         sp.add_argument("-n", "--dry-run", action="store_true", help="report, change nothing")
-        sp.add_argument("--grace", type=float, default=900.0,
+        sp.add_argument("--grace", type=float, default=None,
                         help="seconds: packs younger than this are left alone and all they "
-                             "hold is kept (a commit in progress; default 900)")
+                             "hold is kept (default: 0 on a local repository, whose writers "
+                             "hold the gc lock; 900 on S3, where a writer on another machine "
+                             "may be uploading)")
         if name == "gc":
             sp.add_argument("--expire-reflog", metavar="DAYS", default=None,
                             help="reflog entries older than this keep nothing alive "
@@ -311,6 +313,15 @@ def _reencode(repo) -> None:
         print("note: re-encoding of the previous version interrupted; it stays queued",
               file=sys.stderr)
         return
+    except (CorafsError, OSError) as e:
+        # the commit has landed: this command succeeded; the job stays queued for the next
+        print(f"warning: re-encoding of the previous version failed ({e}); it stays queued "
+              "and is retried by the next command", file=sys.stderr)
+        return
+    if rep.held:
+        print(f"warning: {rep.held} re-encoding job(s) set aside: some stored blocks could not "
+              "be read (`corafs status` says which; `corafs fsck` checks the repository)",
+              file=sys.stderr)
     if rep.blocks or rep.compressed:
         print(f" previous version re-encoded: {rep.blocks} block(s) as deltas, "
               f"{rep.compressed} compressed, "
@@ -471,6 +482,10 @@ def cmd_gc(a):
               f"dropped; {verb} {fmt.size(max(0, rep.bytes_before - rep.bytes_after))} "
               f"({fmt.size(rep.bytes_before)} -> {fmt.size(rep.bytes_after)}); "
               f"packs {rep.packs_before} -> {rep.packs_after}")
+        if rep.young_kept:
+            print(f"{rep.young_kept} pack(s) younger than {fmt.duration(rep.grace)} kept "
+                  f"({fmt.size(rep.young_bytes)}), with objects nothing reaches: a writer "
+                  f"on another machine may still be using them; --grace 0 collects them now")
 
 
 def cmd_merge(a):
@@ -622,7 +637,8 @@ def cmd_stats(a):
                              f"{s.reverse_deltas} of them reverse)"),
             ("delta depth", f"max {s.max_depth}, mean {s.mean_depth:.1f}; branch heads and "
                             f"tags max {s.head_max_depth}"),
-            ("re-encoding queued", f"{s.pending_jobs} commit(s)"),
+            ("re-encoding queued", f"{s.pending_jobs} commit(s)" +
+             (f", {s.held_jobs} set aside (see `corafs status`)" if s.held_jobs else "")),
             ("codecs", ", ".join(f"{k}={v}" for k, v in sorted(s.codecs.items())) or "-"),
         ]
         for k, v in rows:
@@ -698,6 +714,11 @@ def cmd_fsck(a):
                    "left by an interrupted write; removed by the next write, the next mount "
                    "or `corafs fsck --repair`")
             print(f"garbage  {os.path.relpath(path, repo.path)}  ({fmt.size(n)}, {why})")
+        if rep.requeued:
+            print(f"requeued {rep.requeued} re-encoding job(s) that had been set aside")
+        for h in rep.held:
+            print(f"held     re-encoding of what commit {h.commit[:12]} replaced was set aside: "
+                  f"{h.reason}")
         if rep.ok:
             print("repository is consistent")
             return 0

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -74,6 +75,7 @@ class ReencodeReport:
     bytes_after: int = 0
     anchors: int = 0              # blocks that closed a run (far delta or root keyframe)
     compressed: int = 0           # raw head keyframes compressed once no longer the head
+    held: int = 0                 # jobs set aside: some of their blocks could not be read
     seconds: float = 0.0
 
 
@@ -85,8 +87,7 @@ def enqueue(repo, cid: str) -> None:
     """Queue the re-encoding of what commit ``cid`` replaced (after its ref moved)."""
     d = _dir(repo)
     os.makedirs(d, exist_ok=True)
-    token = repo.store.token() if hasattr(repo.store, "token") else None
-    atomic_write(os.path.join(d, f"{time.time_ns():016x}-{cid}.job"), cid.encode(), token)
+    atomic_write(os.path.join(d, f"{time.time_ns():016x}-{cid}.job"), cid.encode(), _token(repo))
 
 
 def pending(repo) -> list[str]:
@@ -96,6 +97,67 @@ def pending(repo) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(n for n in names if n.endswith(".job"))
+
+
+@dataclasses.dataclass
+class HeldJob:
+    """A job set aside because some of the blocks it re-encodes could not be read (a block
+    missing or corrupt in the store). What it could do was done; reads are unaffected (every
+    version reads as it did); ``corafs fsck`` names the damage and ``requeue_held`` (run by
+    ``fsck --repair`` after a repair) gives it another try."""
+    name: str
+    commit: str
+    reason: str
+    time: float
+
+
+def held(repo) -> list[HeldJob]:
+    """Jobs set aside, oldest first."""
+    d = _dir(repo)
+    try:
+        names = sorted(n for n in os.listdir(d) if n.endswith(".held"))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        try:
+            with open(os.path.join(d, n)) as f:
+                r = json.load(f)
+            out.append(HeldJob(n, r["commit"], r["reason"], r["time"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def _set_aside(repo, name: str, cid: str, reason: str) -> None:
+    """Replace queued job ``name`` by a held record with its reason (the record first: a
+    crash in between leaves the job queued, to be tried again)."""
+    d = _dir(repo)
+    rec = json.dumps({"commit": cid, "reason": reason, "time": time.time()}).encode()
+    atomic_write(os.path.join(d, name[:-len(".job")] + ".held"), rec, _token(repo))
+    try:
+        os.unlink(os.path.join(d, name))
+    except FileNotFoundError:
+        pass
+
+
+def requeue_held(repo) -> int:
+    """Queue every held job again (after a repair); returns how many."""
+    d = _dir(repo)
+    n = 0
+    for h in held(repo):
+        atomic_write(os.path.join(d, h.name[:-len(".held")] + ".job"), h.commit.encode(),
+                     _token(repo))
+        try:
+            os.unlink(os.path.join(d, h.name))
+        except FileNotFoundError:
+            pass
+        n += 1
+    return n
+
+
+def _token(repo):
+    return repo.store.token() if hasattr(repo.store, "token") else None
 
 
 @contextlib.contextmanager
@@ -135,10 +197,17 @@ def run_pending(repo, cancel: Optional[threading.Event] = None, repack: bool = T
                         cid = f.read().strip()
                 except FileNotFoundError:
                     continue
-                if not _Job(repo, cid, rep, cancel).run():
+                job = _Job(repo, cid, rep, cancel)
+                if not job.run():
                     rep.seconds = time.perf_counter() - t0
                     return rep                     # cancelled: the job stays queued
                 rep.jobs += 1
+                if job.unreadable:
+                    # what could be re-encoded was; the job is set aside with its reason
+                    # instead of failing every later commit, gc and re-encoding run
+                    rep.held += 1
+                    _set_aside(repo, name, cid, job.reason())
+                    continue
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
@@ -162,6 +231,13 @@ class _Job:
         self.t = repo.tuning
         self._protected: Optional[set[str]] = None
         self._lock = threading.Lock()
+        #: (block, error) for blocks whose stored data could not be read
+        self.unreadable: list[tuple[str, BaseException]] = []
+
+    def reason(self) -> str:
+        oid, e = self.unreadable[0]
+        more = f" (and {len(self.unreadable) - 1} more)" if len(self.unreadable) > 1 else ""
+        return f"block {oid[:12]}{more} could not be read: {type(e).__name__}: {e}"
 
     def run(self) -> bool:
         """Re-encode; False when cancelled (nothing of this job is kept then)."""
@@ -175,7 +251,7 @@ class _Job:
         try:
             threads = max(1, min(self.t.workers, os.cpu_count() or 1))
             with ThreadPoolExecutor(threads, thread_name_prefix="corafs-reencode") as ex:
-                futs = [ex.submit(self._block, w, *p) for p in pairs]
+                futs = [ex.submit(self._guarded, w, *p) for p in pairs]
                 for f in futs:
                     f.result()
             if self.cancel is not None and self.cancel.is_set():
@@ -261,16 +337,30 @@ class _Job:
         return self._protected
 
     # -- one block --------------------------------------------------------------------------------
+    def _guarded(self, w, dtype, old, *rest) -> None:
+        """One block; one whose stored data cannot be read (missing, corrupt) is skipped and
+        recorded, and the job goes on. A failure to write is the job's (it stays queued)."""
+        try:
+            self._block(w, dtype, old, *rest)
+        except _WriteFailed as e:
+            raise e.__cause__ from None
+        except Exception as e:
+            with self._lock:
+                self.unreadable.append((old, e))
+
+    def _put(self, w, oid: str, payload) -> None:
+        try:
+            w.put(oid, payload)
+        except Exception as e:
+            raise _WriteFailed() from e
+
     def _block(self, w, dtype: str, old: str, new: str, pred: Optional[str],
                pred_tid: Optional[str], index: int) -> None:
         if self.cancel is not None and self.cancel.is_set():
             return
         repo = self.repo
-        try:
-            h_new = repo.block_header(new)
-            h_old = repo.block_header(old)
-        except Exception:
-            return
+        h_new = repo.block_header(new)      # unreadable: recorded by _guarded
+        h_old = repo.block_header(old)
         if h_new.is_delta or h_old.is_delta:
             return      # only a keyframe against a keyframe: no chain can loop
         pos, h_pred = 1, None
@@ -302,7 +392,7 @@ class _Job:
                 return self._compress(w, old, dtype, h_old)
             _check(payload, old, {root: root_raw})
             before = self.store.size_of(old)
-            w.put(old, payload)
+            self._put(w, old, payload)
             with self._lock:
                 self.rep.blocks += 1
                 self.rep.bytes_before += before
@@ -320,7 +410,7 @@ class _Job:
             return self._compress(w, old, dtype, h_old, old_raw)
         _check(payload, old, {new: new_raw})
         before = self.store.size_of(old)
-        w.put(old, payload)
+        self._put(w, old, payload)
         upgraded = 0
         if h_pred is not None and codecs.REGISTRY[h_pred.codec].bases == 1 \
                 and not (self.cancel is not None and self.cancel.is_set()):
@@ -331,7 +421,7 @@ class _Job:
             size = self.store.size_of(pred)
             if codecs.REGISTRY[c2].bases == 2 and len(p2) < size:
                 _check(p2, pred, {old: old_raw, new: new_raw})
-                w.put(pred, p2)
+                self._put(w, pred, p2)
                 upgraded = size - len(p2)
         with self._lock:
             self.rep.blocks += 1
@@ -352,7 +442,7 @@ class _Job:
         if codec == "raw":
             return
         _check(payload, oid, {})
-        w.put(oid, payload)
+        self._put(w, oid, payload)
         with self._lock:
             self.rep.compressed += 1
             self.rep.bytes_before += h.raw_len
@@ -382,6 +472,10 @@ class _Job:
                     return None
             tid = tm.get("prev")
         return None
+
+
+class _WriteFailed(Exception):
+    """Raised by ``_Job._put``: the store refused a write (its cause says why)."""
 
 
 def tree_tensor_ids(repo, tree_id: str) -> set[str]:

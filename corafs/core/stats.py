@@ -26,6 +26,7 @@ class Stats:
     mean_depth: float = 0.0
     head_max_depth: int = 0       # the same over the blocks of branch heads and tags only
     pending_jobs: int = 0         # queued head-first re-encodings
+    held_jobs: int = 0            # re-encodings set aside (blocks that could not be read)
 
     @property
     def ratio(self) -> float:
@@ -76,6 +77,7 @@ def stats(repo) -> Stats:
                 st.head_max_depth = max(st.head_max_depth, chain_depth(repo, b[0], memo))
     from . import headfirst
     st.pending_jobs = len(headfirst.pending(repo))
+    st.held_jobs = len(headfirst.held(repo))
     st.meta_bytes = sum(repo.store.size_of(m) for m in metas if repo.store.has(m))
     st.objects = len(objs)
     st.codecs = dict(counts)

@@ -47,13 +47,23 @@ class GcReport:
     bytes_dropped: int = 0          # payload bytes of the objects dropped
     packs_rewritten: int = 0
     dry_run: bool = False
+    grace: float = 0.0
+    #: packs left alone because they are younger than ``grace`` although they hold objects
+    #: nothing reaches (what a gc with ``grace=0`` would collect from them is not counted)
+    young_kept: int = 0
+    young_bytes: int = 0
 
     @property
     def freed(self) -> int:
         return self.bytes_before - self.bytes_after
 
 
-def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = False,
+#: seconds a pack of a repository shared by machines is spared by gc: a writer on another
+#: machine may be uploading for a commit that will refer to it
+DEFAULT_REMOTE_GRACE = 900.0
+
+
+def repack(repo, collect: bool = False, grace: Optional[float] = None, dry_run: bool = False,
            expire_reflog: Optional[float] = None,
            on_progress: Optional[Callable[[int], None]] = None, min_waste: float = 0.0,
            consolidate: bool = True, _locked: bool = False) -> GcReport:
@@ -63,6 +73,11 @@ def repack(repo, collect: bool = False, grace: float = 900.0, dry_run: bool = Fa
     store = repo.store
     if not hasattr(store, "packs"):
         raise CorafsError("repack/gc: this store does not support it yet")
+    if grace is None:
+        # on this machine every writer holds the gc lock until its objects are reachable
+        # (``ObjectStore.claim``), so the exclusive phase sees them: no pack needs sparing
+        # for its age. Machines sharing a bucket hold no lock in common.
+        grace = DEFAULT_REMOTE_GRACE if store.shared_by_machines else 0.0
     impl = _repack_remote if store.shared_by_machines else _repack
     if _locked:
         return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
@@ -82,8 +97,10 @@ def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste
     packs = store.packs()
     rep = GcReport(packs_before=len(packs), bytes_before=sum(p["bytes"] for p in packs.values()),
                    dry_run=dry_run)
+    rep.grace = grace
     marks = _mark(repo, packs, collect, grace, expire_reflog)
     plan = _plan(repo, packs, marks, grace, min_waste, consolidate)
+    _count_young(repo, packs, grace, collect, expire_reflog, rep)
     rep.objects_dropped = sum(len(d) for _k, d in plan.values())
     rep.bytes_dropped = sum(n for _k, d in plan.values() for _o, n in d)
     rep.packs_rewritten = len(plan)
@@ -121,6 +138,23 @@ def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste
     rep.packs_after = len(after)
     rep.bytes_after = sum(p["bytes"] for p in after.values())
     return rep
+
+
+def _count_young(repo, packs: dict, grace: float, collect: bool, expire_reflog, rep) -> None:
+    """How many packs the grace period kept that hold something no root reaches: what the
+    user is told when a gc frees less than expected."""
+    if not grace or not collect:
+        return
+    now = time.time()
+    young = {n: p for n, p in packs.items() if now - p["mtime"] < grace}
+    if not young:
+        return
+    reached = _mark(repo, packs, collect, 0.0, expire_reflog)
+    for p in young.values():
+        ids = [x.decode() for x in p["table"]["id"].tolist()]
+        if any(oid not in reached for oid in ids):
+            rep.young_kept += 1
+            rep.young_bytes += p["bytes"]
 
 
 # -- marking ----------------------------------------------------------------------------------------
@@ -333,7 +367,9 @@ def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress,
     rep = GcReport(packs_before=len(packs), bytes_before=store.stored_bytes(), dry_run=dry_run)
     records = store.gc_records()
     scheduled = {p for r in records for p in r["packs"]}
+    rep.grace = grace
     marks = _mark(repo, packs, collect, grace, expire_reflog)
+    _count_young(repo, packs, grace, collect, expire_reflog, rep)
     plan = {k: v for k, v in _plan(repo, packs, marks, grace, min_waste,
                                    consolidate=False).items() if k not in scheduled}
     rep.objects_dropped = sum(len(d) for _k, d in plan.values())

@@ -155,8 +155,9 @@ def push(repo, url: str, branch: Optional[str] = None, force: bool = False,
     with dst:
         dst.background_reencode = False
         lease = dst.store.get_ref(f"heads/{branch}")
-        rep = transfer(repo, dst, [head], on_progress)
-        _move(repo, dst, f"heads/{branch}", head, force, lease, rep)
+        with dst.store.claim():              # until the ref holds what was copied
+            rep = transfer(repo, dst, [head], on_progress)
+            _move(repo, dst, f"heads/{branch}", head, force, lease, rep)
     return rep
 
 
@@ -169,8 +170,9 @@ def pull(repo, url: str, branch: Optional[str] = None, into: Optional[str] = Non
         into = into or branch
         revparse.check_ref_name(into)
         lease = repo.store.get_ref(f"heads/{into}")
-        rep = transfer(src, repo, [head], on_progress)
-    _move(repo, repo, f"heads/{into}", head, force, lease, rep)
+        with repo.store.claim():             # until the ref holds what was copied
+            rep = transfer(src, repo, [head], on_progress)
+            _move(repo, repo, f"heads/{into}", head, force, lease, rep)
     return rep
 
 
@@ -186,10 +188,12 @@ def clone(url: str, dest: str, on_progress=None) -> tuple["object", TransferRepo
             repo.background_reencode = False
             heads = src.store.list_refs("heads/")
             tags = src.store.list_refs("tags/")
-            transfer(src, repo, list(heads.values()) + list(tags.values()), on_progress, rep)
-            for ref, oid in sorted({**heads, **tags}.items()):
-                old = repo.store.get_ref(ref)
-                repo._move_ref(ref, old, oid, f"clone: from {url}")
+            with repo.store.claim():         # until the refs hold what was copied
+                transfer(src, repo, list(heads.values()) + list(tags.values()), on_progress,
+                         rep)
+                for ref, oid in sorted({**heads, **tags}.items()):
+                    old = repo.store.get_ref(ref)
+                    repo._move_ref(ref, old, oid, f"clone: from {url}")
             add_remote(repo, "origin", url)
         except BaseException:
             repo.close()

@@ -47,8 +47,17 @@ class ObjectWriter(abc.ABC):
 class ObjectStore(abc.ABC):
     """Content-addressed objects (ids are lowercase hex strings) and named refs."""
 
-    #: machines share this store with no lock between them (S3): gc deletes in two phases
+    #: machines share this store with no lock between them (S3): gc deletes in two phases,
+    #: and only what is older than a grace period (a writer elsewhere may be using it)
     shared_by_machines: bool = False
+
+    def claim(self):
+        """Context manager: while held, a gc in any process of this machine waits before it
+        deletes anything. A writer holds it from its first object until the objects are
+        reachable from a root (a ref, the staging journal), so that a gc needs no grace
+        period to spare them. Stores shared by machines rely on the grace period instead."""
+        import contextlib
+        return contextlib.nullcontext()
 
     # -- objects -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -422,6 +422,19 @@ class LocalStore(PackIndex, ObjectStore):
             self._generation = gen
         return fd
 
+    def claim(self):
+        """The gc lock, shared, for as long as the context lasts (see ``ObjectStore``)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            fd = self._gc_shared()
+            try:
+                yield
+            finally:
+                os.close(fd)
+        return held()
+
     def gc_exclusive(self):
         """Context manager: no batch is in progress in any process while it is held."""
         import contextlib

@@ -1,12 +1,16 @@
-PY ?= python3
+# Every target runs in a virtual environment of the project's own ($(VENV), made by
+# scripts/setup.sh with the newest dependencies pyproject.toml allows), never in the system's
+# Python: what is tested is what a user installs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all bench
+.PHONY: setup demo test test-all test-lowest bench
 
 setup:
-	bash scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
 
 demo: setup
-	bash examples/demo.sh
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
 
 # the default suite (about 10 minutes on 2 cores); slow cases are marked and run by test-all
 test: setup
@@ -14,6 +18,11 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q
+
+# the lowest versions pyproject.toml allows, in a second environment: the smoke tests
+test-lowest:
+	LOWEST=1 VENV=.venv-lowest bash scripts/setup.sh
+	.venv-lowest/bin/python -m pytest -m smoke -q
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -1,14 +1,41 @@
 #!/usr/bin/env bash
-# Installs everything corafs and its tests need on a fresh Debian machine (run as root for apt).
+# Sets up corafs on a fresh Debian machine: the system packages FUSE needs (as root, with
+# apt), then a virtual environment of its own (.venv, or $VENV) that does not see the system's
+# site-packages, holding the newest versions of every dependency that pyproject.toml allows.
+# That is what a user installs, so it is what the demo and the tests run on.
+#
+#   LOWEST=1   install the lowest versions pyproject.toml allows instead (its lower bounds,
+#              as a constraints file): the CI leg that proves those bounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   if ! dpkg -s fuse3 libfuse3-dev pkg-config rsync sqlite3 >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config rsync sqlite3 >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config \
+      rsync sqlite3 >/dev/null
   fi
 fi
-PY=${PYTHON:-python3}
-# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages
-$PY -m pip install -q --disable-pip-version-check torch==2.13.0
-$PY -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip
+# torch pinned on every install line: an unpinned torch pulls gigabytes of CUDA packages, and
+# an eager upgrade would otherwise move it too
+TORCH=torch==2.13.0
+if [ "${LOWEST:-0}" = 1 ]; then
+  "$VENV/bin/python" .ci/lower_bounds.py pyproject.toml test > "$VENV/lowest-constraints.txt"
+  "${PIP[@]}" install "$TORCH" -c "$VENV/lowest-constraints.txt" -e ".[test]"
+else
+  "${PIP[@]}" install --upgrade --upgrade-strategy eager "$TORCH" -e ".[test,bench]"
+fi
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as md
+names = ["trio", "pyfuse3", "numpy", "h5py", "zstandard", "xxhash", "tqdm", "boto3",
+         "safetensors", "torch", "transformers", "moto", "hypothesis", "pytest"]
+print("corafs environment: " + ", ".join(f"{n} {md.version(n)}" for n in names))
+PY

@@ -1,6 +1,6 @@
 """The CLI against hostile or unusual input (issue 8, items 11-14)."""
 import os
-import shutil
+import shlex
 import subprocess
 import sys
 
@@ -105,6 +105,6 @@ def test_log_into_a_closed_pipe_is_quiet(repo_path, tmp_path):
     for i in range(30):
         (tmp_path / "f").write_text(str(i))
         run_cli("commit", repo_path, tmp_path / "f", "-m", f"commit {i} " + "x" * 200)
-    p = subprocess.run(f"{shutil.which('python3') or sys.executable} -m corafs log "
-                       f"{repo_path} | head -1", shell=True, capture_output=True, text=True)
+    p = subprocess.run(f"{shlex.quote(sys.executable)} -m corafs log {repo_path} | head -1",
+                       shell=True, capture_output=True, text=True)
     assert p.stdout.startswith("commit ") and p.stderr == "", p.stderr

@@ -42,6 +42,7 @@ def _arrays(dtype, n, seed, specials):
 @settings(max_examples=60, deadline=None)
 @given(dtype=st.sampled_from(sorted(WIDTH)), n=st.integers(0, 3000), seed=st.integers(0, 2**32 - 1),
        specials=st.booleans(), codec=st.sampled_from(CODECS + [None]))
+@pytest.mark.smoke
 def test_block_roundtrip_bit_exact(dtype, n, seed, specials, codec):
     new, base = _arrays(dtype, n, seed, specials)
     base2 = _arrays(dtype, n, seed + 1, specials)[1]
@@ -55,6 +56,7 @@ def test_block_roundtrip_bit_exact(dtype, n, seed, specials, codec):
 
 
 @pytest.mark.parametrize("w", [1, 2, 4, 8])
+@pytest.mark.smoke
 def test_transforms_are_bijections(w):
     rng = np.random.default_rng(w)
     uint = transforms.UINT[w]
@@ -113,6 +115,7 @@ class _Flip:
 
 
 @pytest.mark.parametrize("pos", [-5, 40, 3])
+@pytest.mark.smoke
 def test_corrupt_block_detected(repo, work, pos):
     import safetensors.numpy
     from corafs.core.reader import BlockCache, Decoder

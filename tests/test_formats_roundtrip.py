@@ -26,6 +26,7 @@ def _rand(shape, dtype, seed=0):
     return torch.randint(0, 100, shape, generator=g).to(dtype)
 
 
+@pytest.mark.smoke
 def test_safetensors_every_dtype_metadata_empty_scalar(repo, work, tmp_path):
     tensors = {f"t_{str(d).split('.')[-1]}": _rand((37, 5), d, i)
                for i, d in enumerate(ALL_TORCH_DTYPES) if d not in (torch.complex64, torch.complex128)}
@@ -87,6 +88,7 @@ def test_pth_shared_storage_views_noncontiguous(repo, work, tmp_path):
     assert len(m["views"]) == 8
 
 
+@pytest.mark.smoke
 def test_pth_every_dtype(repo, work, tmp_path):
     sd = {str(d): _rand((13, 7), d, i) for i, d in enumerate(ALL_TORCH_DTYPES)}
     sd["scalar"] = torch.tensor(2)
@@ -102,6 +104,7 @@ def test_pth_every_dtype(repo, work, tmp_path):
     assert by_name["torch.uint16"] == "U16" and by_name["torch.complex64"] == "C64"
 
 
+@pytest.mark.smoke
 def test_pth_loads_back_equal(repo, work, tmp_path):
     sd = {"w": torch.randn(200, 100), "b": torch.randn(100).to(torch.bfloat16)}
     path = work / "m.pth"

@@ -141,6 +141,7 @@ def _blocks(repo, rev):
     return [b[0] for t in m["tensors"] for b in repo.tensor_manifest(t["id"])["blocks"]]
 
 
+@pytest.mark.smoke
 def test_reencoding_job_with_an_unreadable_block_is_set_aside(tmp_path, work):
     repo = Repository.init(str(tmp_path / "r"), tuning=SMALL)
     repo.background_reencode = False          # the job stays queued until reencode()

@@ -54,6 +54,7 @@ def _shas(d):
             for p in glob.glob(f"{d}/**/*", recursive=True) if os.path.isfile(p)}
 
 
+@pytest.mark.smoke
 def test_every_file_in_every_view_byte_exact(env):
     mnt, v = env["mnt"], env["versions"]
     assert sorted(os.listdir(mnt)) == ["@commits", "@history", "@tags", "exp", "main"]
@@ -91,6 +92,7 @@ def test_tools_cp_cat_rsync_sha256sum(env, tmp_path):
         assert _shas(tmp_path / "rs") == _shas(v[2])
 
 
+@pytest.mark.smoke
 def test_torch_load_mmap_safe_open(env):
     mnt, v = env["mnt"], env["versions"]
     want = torch.load(v[1] / "model.pth", weights_only=True)
@@ -106,6 +108,7 @@ def test_torch_load_mmap_safe_open(env):
             assert torch.equal(f.get_tensor(k), ref[k])
 
 
+@pytest.mark.smoke
 def test_from_pretrained_on_branch_directory(env):
     from transformers import AutoModel
     mnt, v = env["mnt"], env["versions"]

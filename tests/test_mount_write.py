@@ -31,6 +31,7 @@ def _settled(repo, timeout=20):
 
 
 
+@pytest.mark.smoke
 def test_torch_save_is_one_commit_and_loads_from_history(fresh, tmp_path):
     repo, mnt = fresh
     sd = {"w": torch.randn(256, 256), "b": torch.randn(256).to(torch.bfloat16)}
@@ -39,6 +40,8 @@ def test_torch_save_is_one_commit_and_loads_from_history(fresh, tmp_path):
         assert _committed(repo, 2)
         log = _log(repo)
         assert len(log) == 2 and log[0].message == "Add model.pth"
+        # the ref moved; the mount shows the commit once its refresh ran
+        assert wait_for(lambda: len(os.listdir(f"{m}/@history/main")) == 2)
         entry = sorted(os.listdir(f"{m}/@history/main"))[-1]
         back = torch.load(f"{m}/@history/main/{entry}/model.pth", weights_only=True)
         assert torch.equal(back["w"], sd["w"]) and torch.equal(back["b"], sd["b"])

@@ -43,6 +43,7 @@ def test_nested_trees_to_and_deletes(repo, work):
     assert repo.commit("main", {"b.txt": _write(work, "b", b"B")}).commit is None
 
 
+@pytest.mark.smoke
 def test_revisions(repo, work):
     ids = [repo.head("main")]
     for i in range(4):
@@ -100,6 +101,7 @@ def test_log_and_merge_base(repo, work):
     assert hist[-1].id == a and hist[0].message == "Initialize repository"
 
 
+@pytest.mark.smoke
 def test_concurrent_writers_never_lose_a_commit(tmp_path, work):
     path = str(tmp_path / "r")
     Repository.init(path, tuning=SMALL).close()
@@ -196,6 +198,7 @@ def test_similarity_index_rebuilt_when_missing(repo, work):
     assert r2.simindex.nearest("F32", 128 * 128 * 4, int(fp, 16)) is not None
 
 
+@pytest.mark.smoke
 def test_delta_chains_bounded_reads_exact(tmp_path, work):
     import dataclasses
     from corafs.core.stats import chain_depth

@@ -82,6 +82,7 @@ def _model(path, seed, base=None):
     return w
 
 
+@pytest.mark.smoke
 def test_init_commit_export_byte_exact_through_s3(s3env, work, tmp_path):
     env, url = s3env
     cli(env, "init", url)
@@ -103,6 +104,7 @@ def test_init_commit_export_byte_exact_through_s3(s3env, work, tmp_path):
     assert p.returncode != 0 and "already exists" in p.stderr
 
 
+@pytest.mark.smoke
 def test_racing_commits_from_two_machines_lose_nothing(s3env, work, tmp_path):
     env, url = s3env
     cli(env, "init", url)

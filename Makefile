@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all test-lowest bench
+.PHONY: setup demo test test-all test-lowest test-asan bench
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -23,6 +23,10 @@ test-all: setup
 test-lowest:
 	LOWEST=1 VENV=.venv-lowest bash scripts/setup.sh
 	.venv-lowest/bin/python -m pytest -m smoke -q
+
+# the compiled kernels built with AddressSanitizer, under their property and fuzz tests
+test-asan: setup
+	VENV=$(VENV) bash scripts/test-asan.sh
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -9,7 +9,8 @@ import time
 import blosc2
 import numpy as np
 
-from corafs.codecs import planes, transforms
+from corafs.codecs import planes
+from corafs.codecs import reference as transforms
 
 
 def t(f, k=20):

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import WIDTH, nontensor_bytes, planes_zstd, storages  # noqa: E402
 
 from corafs import Repository  # noqa: E402
-from corafs.codecs import transforms  # noqa: E402
+from corafs.codecs import reference as transforms  # noqa: E402
 
 
 def train(out, checkpoints, every, freeze_half, seed=0, lr=3e-5, pretrain=0):

@@ -11,11 +11,12 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
+# gcc builds corafs's compiled kernels (and pyfuse3); libfuse3-dev and pkg-config pyfuse3
+APT_PACKAGES="fuse3 libfuse3-dev pkg-config rsync sqlite3 gcc"
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! dpkg -s fuse3 libfuse3-dev pkg-config rsync sqlite3 >/dev/null 2>&1; then
+  if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config \
-      rsync sqlite3 >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
   fi
 fi
 

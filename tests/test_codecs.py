@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from corafs import codecs
-from corafs.codecs import transforms
+from corafs.codecs import reference as transforms
 
 WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8,
          "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -153,10 +153,10 @@ def test_planes_decode_into_any_buffer(width, misaligned, compressible):
 
 
 @pytest.mark.parametrize("codec", ["osub-planes-zstd", "osub2-planes-zstd"])
-def test_a_delta_chain_decodes_with_each_levels_ordered_form_reused(codec, monkeypatch):
-    """Decoding a chain level by level in one thread (as the decoder does) reuses the ordered
-    form each level's undo produced, instead of mapping the result back again; every level
-    still comes back bit-exact, special values included."""
+def test_a_delta_chain_decodes_bit_exact_with_kernels_and_reference(codec):
+    """A head-first chain (each version a delta against its successor and, second order, the
+    successor's base) decodes bit-exact level by level, special values included, and the
+    numpy reference decodes the same payloads to the same bytes."""
     rng = np.random.default_rng(7)
     n = 20000
     versions = [rng.standard_normal(n).astype(np.float32)]
@@ -165,21 +165,18 @@ def test_a_delta_chain_decodes_with_each_levels_ordered_form_reused(codec, monke
     for v in versions:
         v.view(np.uint32)[:len(SPECIAL[4])] = SPECIAL[4]
     raw = [v.view(np.uint8) for v in versions]
-    # the keyframe is the last version; each earlier one is a delta against its successor
-    # (and, second order, the successor's own base), as head-first history is
     payloads = {}
     for i in range(len(raw) - 2, -1, -1):
         payloads[i] = codecs.encode_block(raw[i], "F32", 3, raw[i + 1], f"{i + 1:032d}", 0, 8,
                                           codec=codec, base2=raw[min(i + 2, len(raw) - 1)],
                                           base2_id=f"{min(i + 2, len(raw) - 1):032d}")[0]
-    calls = []
-    real = transforms._ordered
-    monkeypatch.setattr(transforms, "_ordered", lambda *a, **k: calls.append(1) or real(*a, **k))
     decoded = {len(raw) - 1: raw[-1]}
     for i in range(len(raw) - 2, -1, -1):
         decoded[i] = codecs.decode_block(payloads[i], lambda oid: decoded[int(oid)])
         assert decoded[i].tobytes() == raw[i].tobytes(), i
-    levels = len(raw) - 1
-    per_level = 1 if codec == "osub-planes-zstd" else 2
-    # only the keyframe (and, second order, the first level's second base) is mapped
-    assert len(calls) <= per_level + 1 < per_level * levels
+        h = codecs.parse_header(payloads[i])
+        ids = [int(x) for x in h.base_ids]
+        base = raw[ids[0]] if len(ids) == 1 else (raw[ids[0]], raw[ids[1]])
+        ref = transforms.decode_body(codec, memoryview(payloads[i])[h.body_offset:], n * 4, 4,
+                                     base)
+        assert ref.tobytes() == raw[i].tobytes(), i

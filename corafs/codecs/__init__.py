@@ -19,7 +19,7 @@ from typing import Callable, ClassVar, Optional
 import numpy as np
 
 from ..dtypes import DType, lookup
-from . import planes, transforms, zstd
+from . import planes, zstd
 
 MAGIC = b"CB\x01"
 MAGIC2 = b"CB\x02"
@@ -90,19 +90,22 @@ class PlanesZstd(Codec):
 
 @dataclasses.dataclass(frozen=True)
 class _DeltaPlanes(Codec):
+    """A bit-exact transform against the base block(s), then byte planes and zstd: one fused
+    kernel pass each way (``planes``)."""
+
     is_delta: ClassVar[bool] = True
-    forward: ClassVar[Callable]
-    inverse: ClassVar[Callable]
+    kind: ClassVar[int]
+
+    def _bases(self, base):
+        return (base[0], base[1]) if self.bases == 2 else (base, None)
 
     def encode(self, raw, dt, base, level):
-        w = _width(dt, raw.size)
-        d = type(self).forward(raw, base, w)
-        return planes.encode(d, w, level)
+        b, b2 = self._bases(base)
+        return planes.encode(raw, _width(dt, raw.size), level, self.kind, b, b2)
 
     def decode(self, body, dt, raw_len, base):
-        w = _width(dt, raw_len)
-        d = planes.decode(body, raw_len)
-        return type(self).inverse(d, base, w)
+        b, b2 = self._bases(base)
+        return planes.decode(body, raw_len, kind=self.kind, base=b, base2=b2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +113,7 @@ class XorPlanesZstd(_DeltaPlanes):
     """new XOR base, byte planes, zstd."""
 
     name: ClassVar[str] = "xor-planes-zstd"
-    forward = staticmethod(transforms.xor_delta)
-    inverse = staticmethod(transforms.xor_undo)
+    kind: ClassVar[int] = planes.XOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +121,7 @@ class SubPlanesZstd(_DeltaPlanes):
     """zigzag(ordered(new) - ordered(base)), byte planes, zstd."""
 
     name: ClassVar[str] = "osub-planes-zstd"
-    forward = staticmethod(transforms.sub_delta)
-    inverse = staticmethod(transforms.sub_undo)
+    kind: ClassVar[int] = planes.SUB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +132,7 @@ class Sub2PlanesZstd(_DeltaPlanes):
 
     name: ClassVar[str] = "osub2-planes-zstd"
     bases: ClassVar[int] = 2
-    forward = staticmethod(transforms.sub2_delta)
-    inverse = staticmethod(transforms.sub2_undo)
+    kind: ClassVar[int] = planes.SUB2
 
 
 REGISTRY: dict[str, Codec] = {c.name: c for c in (
@@ -179,19 +179,32 @@ def pack_header(codec: str, dtype: str, raw_len: int, depth: int, base: Optional
 
 
 def parse_header(payload) -> BlockHeader:
+    """The header of a stored block; ValueError for anything that is not a whole header."""
     mv = memoryview(payload)
     magic = bytes(mv[:3])
     if magic == MAGIC:
         p, flags = 3, 0
-    elif magic == MAGIC2:
+    elif magic == MAGIC2 and len(mv) > 3:
         p, flags = 4, mv[3]
     else:
         raise ValueError("not a corafs block (bad magic)")
-    n = mv[p]; codec = bytes(mv[p + 1:p + 1 + n]).decode(); p += 1 + n
-    n = mv[p]; dtype = bytes(mv[p + 1:p + 1 + n]).decode(); p += 1 + n
-    raw_len, depth = _Q.unpack_from(mv, p); p += _Q.size
-    n = mv[p]; base = bytes(mv[p + 1:p + 1 + n]).decode() or None; p += 1 + n
-    return BlockHeader(codec, dtype, raw_len, depth, base, p, flags)
+
+    def field(p: int) -> tuple[str, int]:
+        if p >= len(mv) or p + 1 + mv[p] > len(mv):
+            raise ValueError("block header truncated")
+        try:
+            return bytes(mv[p + 1:p + 1 + mv[p]]).decode("ascii"), p + 1 + mv[p]
+        except UnicodeDecodeError:
+            raise ValueError("block header holds a non-ASCII name") from None
+
+    codec, p = field(p)
+    dtype, p = field(p)
+    if p + _Q.size > len(mv):
+        raise ValueError("block header truncated")
+    raw_len, depth = _Q.unpack_from(mv, p)
+    p += _Q.size
+    base, p = field(p)
+    return BlockHeader(codec, dtype, raw_len, depth, base or None, p, flags)
 
 
 def encode_block(raw: np.ndarray, dtype: str, level: int, base: Optional[np.ndarray] = None,
@@ -265,13 +278,15 @@ def decode_block(payload, get_base: Callable[[str], np.ndarray]) -> np.ndarray:
     c = REGISTRY.get(h.codec)
     if c is None:
         raise ValueError(f"unknown codec {h.codec!r}")
+    ids = h.base_ids
+    if len(ids) != (c.bases if c.is_delta else 0):
+        raise ValueError(f"codec {h.codec} with {len(ids)} base id(s) in its header")
     if not c.is_delta:
         base = None
     elif c.bases == 2:
-        ids = h.base.split(",")
         base = (get_base(ids[0]), get_base(ids[1]))
     else:
-        base = get_base(h.base)
+        base = get_base(ids[0])
     out = c.decode(memoryview(payload)[h.body_offset:], lookup(h.dtype), h.raw_len, base)
     if out.size != h.raw_len:
         raise ValueError(f"decoded {out.size} bytes, header says {h.raw_len}")

@@ -1,81 +1,103 @@
-"""Byte-plane split + zstd (the ZipNN idea): the bytes of each element position are grouped so
-exponent bytes (very compressible) are apart from mantissa bytes (nearly random). Each plane is
-compressed on its own and kept raw when compression does not pay."""
+"""Byte planes + zstd (the ZipNN idea), with the bit-exact delta transforms fused in: the
+bytes of each element position are grouped so exponent bytes (very compressible) are apart from
+mantissa bytes (nearly random). Each plane is compressed on its own and kept raw when
+compression does not pay.
+
+The per-byte work runs in the compiled kernels (``_kernels.c``: split or merge the planes and
+apply or undo a transform in one pass, without the GIL); zstd runs through ``zstandard``, which
+releases the GIL too. ``reference.py`` holds the numpy arithmetic the kernels are tested
+against.
+
+Body layout: one byte ``width``, then per plane ``(mode: u8, length: u64 LE)`` and its bytes
+(mode 0 raw, 1 zstd)."""
 from __future__ import annotations
 
 import struct
+from typing import Optional
 
 import numpy as np
 
-from . import zstd
+from . import _kernels, zstd
 
-_PLANE = struct.Struct("<BQ")   # mode (0 raw, 1 zstd), length
+PLANE = struct.Struct("<BQ")   # mode (0 raw, 1 zstd), length
 RAW, ZSTD = 0, 1
 
+#: transforms the kernels fuse with the planes
+KEY, XOR, SUB, SUB2 = _kernels.KEY, _kernels.XOR, _kernels.SUB, _kernels.SUB2
 
-def split(buf, width: int) -> np.ndarray:
-    """Planes as the rows of a (width, n) array. One transposed copy: measured 2.1 ms for
-    4 MiB of fp32 here, against 5.8 ms for four strided gathers."""
-    a = np.frombuffer(buf, dtype=np.uint8)
-    if width == 1:
-        return a.reshape(1, -1)
-    return a.reshape(-1, width).T.copy()
+WIDTHS = (1, 2, 4, 8)
 
 
-def encode(buf, width: int, level: int) -> bytes:
-    """``buf``'s length must be a multiple of ``width``."""
+def _u8(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) and a.dtype == np.uint8 else \
+        np.frombuffer(a, dtype=np.uint8)
+
+
+def encode(buf, width: int, level: int, kind: int = KEY, base=None, base2=None) -> bytes:
+    """Transform ``buf`` (``kind`` against ``base``/``base2``), split it into ``width`` planes
+    and compress each. ``buf``'s length must be a multiple of ``width``."""
+    a = _u8(buf)
+    if width == 1 and kind == KEY:
+        split = a                                  # one plane: the bytes themselves
+    else:
+        split = np.empty(a.size, dtype=np.uint8)
+        _kernels.encode(kind, width, a, base, base2, split)
+    n = a.size // width
     out = [bytes([width])]
-    for plane in split(buf, width):
+    for j in range(width):
+        plane = split[j * n:(j + 1) * n]
         if plane.size == 0:
-            out.append(_PLANE.pack(RAW, 0))
+            out.append(PLANE.pack(RAW, 0))
             continue
         z = zstd.compress(plane, level)
         if len(z) < plane.size * 0.98:
-            out += [_PLANE.pack(ZSTD, len(z)), z]
+            out += [PLANE.pack(ZSTD, len(z)), z]
         else:
-            out += [_PLANE.pack(RAW, plane.size), plane.tobytes()]
+            out += [PLANE.pack(RAW, plane.size), plane.tobytes()]
     return b"".join(out)
 
 
-def decode(body, raw_len: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode into a uint8 array of ``raw_len`` bytes (``out`` if given, reused)."""
+def parse(body, raw_len: int) -> tuple[int, list]:
+    """(width, planes): each plane as a buffer of ``raw_len / width`` bytes (decompressed, or a
+    view of ``body``). ValueError for a body that does not describe ``raw_len`` bytes."""
     mv = memoryview(body)
+    if len(mv) < 1:
+        raise ValueError("empty planes body")
     width = mv[0]
-    if out is None:
-        out = np.empty(raw_len, dtype=np.uint8)
-    n = raw_len // width if width else 0
-    grid = out.reshape(-1, width) if width > 1 else None
-    words = width == 2 and np.little_endian and out.ctypes.data % 2 == 0
-    held = []
+    if width not in WIDTHS or raw_len % width:
+        raise ValueError(f"bad plane width {width} for {raw_len} bytes")
+    n = raw_len // width
+    got = []
     pos = 1
     for j in range(width):
-        mode, ln = _PLANE.unpack_from(mv, pos)
-        pos += _PLANE.size
+        if pos + PLANE.size > len(mv):
+            raise ValueError(f"planes body truncated at plane {j}")
+        mode, ln = PLANE.unpack_from(mv, pos)
+        pos += PLANE.size
+        if ln > len(mv) - pos:
+            raise ValueError(f"plane {j} claims {ln} bytes, {len(mv) - pos} are left")
         chunk = mv[pos:pos + ln]
         pos += ln
         if mode == ZSTD:
-            plane = np.frombuffer(zstd.decompress(chunk, n), dtype=np.uint8)
+            plane = zstd.decompress(chunk, n)
+        elif mode == RAW:
+            plane = chunk
         else:
-            plane = np.frombuffer(chunk, dtype=np.uint8)
-        if plane.size != n:
-            raise ValueError(f"plane {j} holds {plane.size} bytes, expected {n}")
-        if words:
-            held.append(plane)
-        elif grid is None:
-            out[:] = plane
-        else:
-            grid[:, j] = plane          # each plane written as it comes: one held at a time
-    if words:
-        _merge_pairs(held[0], held[1], out)
+            raise ValueError(f"plane {j} has unknown mode {mode}")
+        if len(plane) != n:
+            raise ValueError(f"plane {j} holds {len(plane)} bytes, expected {n}")
+        got.append(plane)
+    if pos != len(mv):
+        raise ValueError(f"{len(mv) - pos} bytes after the last plane")
+    return width, got
+
+
+def decode(body, raw_len: int, out: Optional[np.ndarray] = None, kind: int = KEY,
+           base=None, base2=None) -> np.ndarray:
+    """Decode into a uint8 array of ``raw_len`` bytes (``out`` if given), undoing ``kind``
+    against ``base`` (and ``base2``) in the same pass as the plane merge."""
+    width, got = parse(body, raw_len)
+    if out is None:
+        out = np.empty(raw_len, dtype=np.uint8)
+    _kernels.decode(kind, width, got, base, base2, out)
     return out
-
-
-def _merge_pairs(low: np.ndarray, high: np.ndarray, out: np.ndarray) -> None:
-    """Interleave two byte planes into ``out`` (little-endian, 2-aligned) as uint16 words: a
-    shift and an or that numpy runs vectorized, where two strided byte writes are slow. 4 MiB
-    of bf16 here: 0.57 ms against 1.34 ms. (Width 4 done so in two levels needs half-size
-    temporaries: 1.0 ms against 1.33 ms with them warm, slower when they are fresh memory or
-    chunked small enough to stay in cache; it stays strided.)"""
-    o = out.view(np.uint16)
-    np.left_shift(high, 8, out=o, dtype=np.uint16)
-    np.bitwise_or(o, low, out=o)

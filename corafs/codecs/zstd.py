@@ -19,7 +19,11 @@ def compress(data, level: int) -> bytes:
 
 
 def decompress(data, size: int) -> bytes:
+    """At most ``size`` bytes; a damaged frame is a ValueError like any other bad block."""
     d = getattr(_local, "d", None)
     if d is None:
         d = _local.d = zstandard.ZstdDecompressor()
-    return d.decompress(data, max_output_size=size)
+    try:
+        return d.decompress(data, max_output_size=size)
+    except zstandard.ZstdError as e:
+        raise ValueError(f"zstd: {e}") from None

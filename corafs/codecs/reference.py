@@ -1,10 +1,18 @@
-"""Bit-exact delta transforms on float bit patterns. Everything is unsigned modular arithmetic,
-so each transform is a bijection: NaN payloads, -0.0, infinities and denormals come back exact."""
+"""The numpy reference of the codec arithmetic: the test oracle of the compiled kernels
+(``_kernels.c``), not a runtime path. Bit-exact delta transforms on float bit patterns, and
+byte-plane split, merge, encode and decode. Everything is unsigned modular arithmetic, so each
+transform is a bijection: NaN payloads, -0.0, infinities and denormals come back exact.
+
+The kernels must produce the same bytes as these functions for every input (property tests in
+``tests/test_kernels.py``); a block encoded by either decodes with either."""
 from __future__ import annotations
 
 import threading
 
 import numpy as np
+
+from . import zstd
+from .planes import PLANE, RAW, ZSTD
 
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 SINT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -126,3 +134,74 @@ def sub2_undo(delta: np.ndarray, bases: tuple, width: int) -> np.ndarray:
     # the extrapolation stays in ordered form: mapping it out and back (two involutions,
     # six passes over the block) cancels
     return _undo_ordered(delta, _predict2_ordered(bases[0], bases[1], width, kept=True), width)
+
+
+# -- byte planes ------------------------------------------------------------------------------------
+def split(buf, width: int) -> np.ndarray:
+    """Planes as the rows of a (width, n) array."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    if width == 1:
+        return a.reshape(1, -1)
+    return a.reshape(-1, width).T.copy()
+
+
+def merge(planes_: list, width: int) -> np.ndarray:
+    """The inverse of ``split``: interleave ``width`` planes of n bytes."""
+    n = len(planes_[0]) if planes_ else 0
+    out = np.empty(n * width, dtype=np.uint8)
+    grid = out.reshape(-1, width)
+    for j, p in enumerate(planes_):
+        grid[:, j] = np.frombuffer(p, dtype=np.uint8)
+    return out
+
+
+def planes_encode(buf, width: int, level: int) -> bytes:
+    """The stored planes body: width byte, then per plane (mode, length) and its bytes."""
+    out = [bytes([width])]
+    for plane in split(buf, width):
+        if plane.size == 0:
+            out.append(PLANE.pack(RAW, 0))
+            continue
+        z = zstd.compress(plane, level)
+        if len(z) < plane.size * 0.98:
+            out += [PLANE.pack(ZSTD, len(z)), z]
+        else:
+            out += [PLANE.pack(RAW, plane.size), plane.tobytes()]
+    return b"".join(out)
+
+
+def planes_decode(body, raw_len: int) -> np.ndarray:
+    mv = memoryview(body)
+    width = mv[0]
+    n = raw_len // width
+    pos, got = 1, []
+    for _ in range(width):
+        mode, ln = PLANE.unpack_from(mv, pos)
+        pos += PLANE.size
+        chunk = mv[pos:pos + ln]
+        pos += ln
+        got.append(zstd.decompress(chunk, n) if mode == ZSTD else bytes(chunk))
+    return merge(got, width)
+
+
+#: the transform of each delta codec: (forward, inverse)
+TRANSFORMS = {"xor-planes-zstd": (xor_delta, xor_undo),
+              "osub-planes-zstd": (sub_delta, sub_undo),
+              "osub2-planes-zstd": (sub2_delta, sub2_undo)}
+
+
+def encode_body(codec: str, raw: np.ndarray, width: int, level: int, base=None) -> bytes:
+    """A codec's body as the reference computes it (``base``: a block, or the pair of
+    blocks for the second-order codec)."""
+    if codec == "planes-zstd":
+        return planes_encode(raw, width, level)
+    fwd, _inv = TRANSFORMS[codec]
+    return planes_encode(fwd(raw, base, width), width, level)
+
+
+def decode_body(codec: str, body, raw_len: int, width: int, base=None) -> np.ndarray:
+    d = planes_decode(body, raw_len)
+    if codec == "planes-zstd":
+        return d
+    _fwd, inv = TRANSFORMS[codec]
+    return inv(d, base, width)

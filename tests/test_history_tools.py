@@ -36,6 +36,33 @@ def test_open_gives_a_file_object_torch_and_safetensors_load(repo, ckpts):
     assert torch.equal(loaded["w"], sd["w"])
 
 
+def test_open_reads_history_byte_exact_with_blocks_decoded_in_parallel(repo, work):
+    """corafs.open decodes a read's blocks on the repository's pool and ahead along the read
+    plan: every read, whole or at random offsets, of a delta-encoded old version is exact,
+    and the blocks were decoded by more than one thread."""
+    import threading
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal(600 * 1024, dtype=np.float32)       # ~38 blocks of 64 KiB
+    srcs = []
+    for v in range(3):
+        w = w + (rng.standard_normal(w.size, dtype=np.float32) * 1e-3)
+        p = work / f"v{v}.safetensors"
+        safetensors.torch.save_file({"w": torch.from_numpy(w.copy())}, str(p))
+        repo.commit("main", {"m.safetensors": str(p)})
+        srcs.append(p.read_bytes())
+    repo.wait_reencode()
+    threads = set()
+    real = repo.decoder._decode
+    repo.decoder._decode = lambda *a: threads.add(threading.get_ident()) or real(*a)
+    repo.cache.clear()
+    with corafs.open(repo, "main~2:m.safetensors") as f:
+        assert sha256_bytes(f.read()) == sha256_bytes(srcs[0])
+        for off in rng.integers(0, len(srcs[0]), 20):
+            f.seek(int(off))
+            assert f.read(100_000) == srcs[0][int(off):int(off) + 100_000]
+    assert len(threads) > 1
+
+
 def test_load_tensors_decodes_only_what_it_returns(repo, work):
     rng = np.random.default_rng(1)
     tensors = {f"t{i}": torch.from_numpy(rng.standard_normal(64 * 1024, dtype=np.float32))

@@ -32,14 +32,36 @@ TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16
 
 class StoredFile(io.RawIOBase):
     """A file version of a repository, read-only and seekable. ``read`` decodes only the
-    blocks it touches (and keeps recently decoded ones in the repository's cache)."""
+    blocks it touches (and keeps recently decoded ones in the repository's cache).
 
-    def __init__(self, reader, name: str, owner=None):
+    With a thread pool (``corafs.open`` passes the repository's), every core works: a read
+    spanning several blocks decodes them in parallel, and the blocks a loader will read next
+    are decoded ahead along the file's read plan (``ReadAhead``, as the mount does: the zip
+    directory and pickle of a ``.pth``, the header of a ``.safetensors``, then the tensors in
+    the order ``torch.load`` and ``safe_open`` ask for them)."""
+
+    def __init__(self, reader, name: str, owner=None, pool=None):
         super().__init__()
         self._reader = reader
         self._pos = 0
         self.name = name
         self._owner = owner          # a Repository this object opened (closed with it)
+        self._pool = pool
+        self._ahead = None
+        if pool is not None:
+            from .reader import ReadAhead
+            self._ahead = ReadAhead(reader)
+            self._prefetch(self._ahead.opened())
+
+    def _prefetch(self, ranges) -> None:
+        if ranges:
+            self._reader.decoder.prefetch(self._pool, self._ahead.objects(ranges))
+
+    def _read(self, size: int):
+        data = self._reader.read(self._pos, size, pool=self._pool)
+        if self._ahead is not None and len(data):
+            self._prefetch(self._ahead.read(self._pos, len(data)))
+        return data
 
     @property
     def size(self) -> int:
@@ -54,7 +76,7 @@ class StoredFile(io.RawIOBase):
     def readinto(self, b) -> int:
         self._check()
         mv = memoryview(b).cast("B")
-        data = self._reader.read(self._pos, len(mv))
+        data = self._read(len(mv))
         n = len(data)
         mv[:n] = data
         self._pos += n
@@ -64,7 +86,7 @@ class StoredFile(io.RawIOBase):
         self._check()
         if size is None or size < 0:
             size = max(0, self._reader.size - self._pos)
-        data = self._reader.read(self._pos, size)
+        data = self._read(size)
         self._pos += len(data)
         return data
 
@@ -105,7 +127,7 @@ def open_file(repo, spec: str, owner=None) -> StoredFile:
     _cid, path, e = repo.resolve_path(spec)
     if e["kind"] != "file":
         raise CorafsError(f"not a file: {spec}")
-    return StoredFile(repo.open_file(e), os.path.basename(path), owner)
+    return StoredFile(repo.open_file(e), os.path.basename(path), owner, repo.pool)
 
 
 def load_tensors(repo, spec: str, names: Optional[list[str]] = None,
@@ -142,7 +164,7 @@ def load_tensors(repo, spec: str, names: Optional[list[str]] = None,
             if start + nbytes > t["offset"] + t["nbytes"]:
                 raise CorafsError(f"tensor {n} is a view this loader cannot rebuild "
                                   "(not contiguous in its storage): load the file instead")
-            data = reader.read(start, nbytes)
+            data = reader.read(start, nbytes, pool=repo.pool)   # its blocks in parallel
         out[n] = _array(data, dtype, list(shape), framework, n)
     return out
 

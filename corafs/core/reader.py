@@ -167,10 +167,11 @@ class FileReader:
     def extent_at(self, offset: int) -> int:
         return int(np.searchsorted(self.starts, offset, side="right")) - 1
 
-    def read(self, offset: int, size: int, view: bool = False):
+    def read(self, offset: int, size: int, view: bool = False, pool=None):
         """``size`` bytes from ``offset`` (fewer at the end). With ``view``, a read-only
         buffer that may share memory with the decoded object (no copy: the mount hands it to
-        the kernel as it is)."""
+        the kernel as it is). With ``pool``, a read spanning several objects decodes them in
+        parallel."""
         if offset >= self.size or size <= 0:
             return b""
         end = min(self.size, offset + size)
@@ -184,18 +185,38 @@ class FileReader:
             return obj[o:o + end - offset].tobytes()
         out = np.empty(end - offset, dtype=np.uint8)     # every byte is written below
         pos = offset
-        while pos < end:
+        j = self.extent_at(end - 1) + 1
+        for i, obj in self._decoded(i, j, pool):
             start = int(self.starts[i])
             ln = int(self.lens[i])
             a = pos - start
             b = min(ln, end - start)
-            obj = self.decoder.raw(self.objs[i])
             o = int(self.offs[i])
             # a numpy copy (not a memoryview one): large copies run without the GIL
             out[pos - offset:pos - offset + (b - a)] = obj[o + a:o + b]
             pos += b - a
-            i += 1
         return memoryview(out) if view else out.tobytes()
+
+    def _decoded(self, i0: int, i1: int, pool=None, ahead: Optional[int] = None):
+        """``(i, decoded object)`` for extents ``i0 .. i1-1`` in order. With a thread pool,
+        the objects of up to ``ahead`` extents (default: two per worker) are decoded ahead of
+        the consumer in parallel (the kernels and zstd release the GIL); a bounded window, so
+        a read larger than the cache does not evict what it decoded before using it."""
+        if pool is None:
+            for i in range(i0, i1):
+                yield i, self.decoder.raw(self.objs[i])
+            return
+        if ahead is None:
+            ahead = 2 * max(1, getattr(pool, "_max_workers", 4))
+        futures: dict[int, object] = {}
+        nxt = i0
+        for i in range(i0, i1):
+            while nxt < i1 and nxt <= i + ahead:
+                if nxt == i0 or self.objs[nxt] != self.objs[nxt - 1]:
+                    futures[nxt] = pool.submit(self.decoder.raw, self.objs[nxt])
+                nxt += 1
+            fut = futures.pop(i, None)
+            yield i, (fut.result() if fut is not None else self.decoder.raw(self.objs[i]))
 
     def read_cached(self, offset: int, size: int, view: bool = False):
         """The bytes if every object the range needs is already decoded, else None (so a
@@ -215,24 +236,10 @@ class FileReader:
         j = self.extent_at(min(self.size, offset + size) - 1)
         return self.objs[i:j + 1]
 
-    def chunks(self, pool=None, ahead: int = 4) -> Iterator[memoryview]:
-        """The whole file, in order. With a thread pool, up to ``ahead`` objects are decoded
-        ahead of the consumer in parallel (numpy and zstd release the GIL)."""
-        if pool is None:
-            for i, oid in enumerate(self.objs):
-                obj = self.decoder.raw(oid)
-                o = int(self.offs[i])
-                yield memoryview(obj)[o:o + int(self.lens[i])]
-            return
-        futures: dict[int, object] = {}
-        nxt = 0
-        for i, oid in enumerate(self.objs):
-            while nxt < len(self.objs) and nxt <= i + ahead:
-                if nxt == 0 or self.objs[nxt] != self.objs[nxt - 1]:
-                    futures[nxt] = pool.submit(self.decoder.raw, self.objs[nxt])
-                nxt += 1
-            fut = futures.pop(i, None)
-            obj = fut.result() if fut is not None else self.decoder.raw(oid)
+    def chunks(self, pool=None, ahead: Optional[int] = None) -> Iterator[memoryview]:
+        """The whole file, in order. With a thread pool, objects are decoded ahead of the
+        consumer in parallel (``_decoded``)."""
+        for i, obj in self._decoded(0, len(self.objs), pool, ahead):
             o = int(self.offs[i])
             yield memoryview(obj)[o:o + int(self.lens[i])]
 

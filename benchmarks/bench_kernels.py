@@ -1,0 +1,125 @@
+"""Codec throughput per core: the compiled kernels against the numpy reference they replaced,
+side by side in one run, on the tensors of a real fine-tuning run (benchmarks/transformer_run.py:
+a 24M-parameter transformer fine-tuned with AdamW, fp32 and the same run cast to bf16).
+
+Every block of the last checkpoint is encoded and decoded at the store's block size, in one
+thread, as a commit and a read do it:
+  keyframe decode   planes-zstd body -> bytes                       (aim >= 2 GB/s)
+  delta decode      osub-planes-zstd against the newer version       (aim >= 1.5 GB/s)
+  delta decode 2nd  osub2-planes-zstd against two newer versions
+  encode            osub delta + planes + zstd, as re-encoding does  (aim >= 0.5 GB/s)
+zstd (through the zstandard package) runs in both columns; the kernels replace the numpy
+arithmetic around it. Both produce the same bytes (tests/test_kernels.py).
+
+  python benchmarks/bench_kernels.py [--out /tmp/corafs-ckpts] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import storages  # noqa: E402
+from transformer_run import generate  # noqa: E402
+
+from corafs import codecs  # noqa: E402
+from corafs.codecs import planes, reference  # noqa: E402
+from corafs.config import DEFAULT  # noqa: E402
+from corafs.dtypes import lookup  # noqa: E402
+
+KIND = {"osub-planes-zstd": planes.SUB, "osub2-planes-zstd": planes.SUB2}
+
+
+def blocks(path_new, path_b1, path_b2):
+    """(dtype, width, block, base, base2) for every block of every float tensor."""
+    new, b1, b2 = storages(path_new), storages(path_b1), storages(path_b2)
+    bs = DEFAULT.block_size
+    out = []
+    for name, (dtype, raw) in new.items():
+        dt = lookup(dtype)
+        if not dt.is_float or name not in b1 or name not in b2:
+            continue
+        for off in range(0, raw.size, bs):
+            a = raw[off:off + bs]
+            x1 = b1[name][1][off:off + bs]
+            x2 = b2[name][1][off:off + bs]
+            if a.size == x1.size == x2.size and a.size:
+                out.append((dt, codecs._width(dt, a.size), a.copy(), x1.copy(), x2.copy()))
+    return out
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def measure(bl, repeat, level):
+    total = sum(b[2].size for b in bl)
+    key = [planes.encode(a, w, level) for _dt, w, a, _b, _c in bl]
+    sub = [planes.encode(a, w, level, planes.SUB, b) for _dt, w, a, b, _c in bl]
+    sub2 = [planes.encode(a, w, level, planes.SUB2, b, c) for _dt, w, a, b, c in bl]
+    for (_dt, w, a, b, c), k, s, s2 in zip(bl, key, sub, sub2):   # same bytes either way
+        assert k == reference.encode_body("planes-zstd", a, w, level)
+        assert s == reference.encode_body("osub-planes-zstd", a, w, level, b)
+        assert s2 == reference.encode_body("osub2-planes-zstd", a, w, level, (b, c))
+    rows = []
+
+    def row(what, native, numpy_):
+        tn, tr = best(native, repeat), best(numpy_, repeat)
+        rows.append((what, total / tn / 1e6, total / tr / 1e6, tr / tn))
+
+    row("keyframe decode",
+        lambda: [planes.decode(k, bb[2].size) for k, bb in zip(key, bl)],
+        lambda: [reference.planes_decode(k, bb[2].size) for k, bb in zip(key, bl)])
+    row("delta decode (osub)",
+        lambda: [planes.decode(s, a.size, kind=planes.SUB, base=b)
+                 for s, (_dt, w, a, b, _c) in zip(sub, bl)],
+        lambda: [reference.decode_body("osub-planes-zstd", s, a.size, w, b)
+                 for s, (_dt, w, a, b, _c) in zip(sub, bl)])
+    row("delta decode (osub2)",
+        lambda: [planes.decode(s, a.size, kind=planes.SUB2, base=b, base2=c)
+                 for s, (_dt, w, a, b, c) in zip(sub2, bl)],
+        lambda: [reference.decode_body("osub2-planes-zstd", s, a.size, w, (b, c))
+                 for s, (_dt, w, a, b, c) in zip(sub2, bl)])
+    row("encode (osub)",
+        lambda: [planes.encode(a, w, level, planes.SUB, b) for _dt, w, a, b, _c in bl],
+        lambda: [reference.encode_body("osub-planes-zstd", a, w, level, b)
+                 for _dt, w, a, b, _c in bl])
+    stored = sum(len(s) for s in sub) / total
+    return total, rows, stored
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/corafs-ckpts")
+    ap.add_argument("--checkpoints", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    series = generate(a.out, a.checkpoints)
+    aims = {"keyframe decode": 2000, "delta decode (osub)": 1500, "encode (osub)": 500}
+    print(f"one thread; blocks of {DEFAULT.block_size >> 20} MiB; zstd level "
+          f"{DEFAULT.zstd_level}; best of {a.repeat}")
+    print(f"{'series':<6} {'operation':<22} {'kernels MB/s':>13} {'numpy MB/s':>11} "
+          f"{'speedup':>8} {'aim MB/s':>9}")
+    for kind in ("fp32", "bf16"):
+        f = f"{kind}/model.safetensors"
+        bl = blocks(series[-3][f], series[-2][f], series[-1][f])
+        total, rows, stored = measure(bl, a.repeat, DEFAULT.zstd_level)
+        for what, n, r, x in rows:
+            aim = aims.get(what)
+            print(f"{kind:<6} {what:<22} {n:13.0f} {r:11.0f} {x:7.1f}x "
+                  f"{aim if aim else '-':>9}")
+        print(f"{kind:<6} ({total / 1e6:.0f} MB of tensors; osub delta stores "
+              f"{stored:.3f} of raw)")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,11 @@ import sys
 import tomllib
 
 with open(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml", "rb") as f:
-    project = tomllib.load(f)["project"]
+    pyproject = tomllib.load(f)
+project = pyproject["project"]
 wanted = set(sys.argv[2].split(",")) if len(sys.argv) > 2 else None
-reqs = list(project["dependencies"])
+# the build backend too: the lowest leg builds without isolation, with these
+reqs = list(pyproject.get("build-system", {}).get("requires", [])) + list(project["dependencies"])
 for extra, deps in project.get("optional-dependencies", {}).items():
     if wanted is None or extra in wanted:
         reqs += deps

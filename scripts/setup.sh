@@ -30,7 +30,10 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 TORCH=torch==2.13.0
 if [ "${LOWEST:-0}" = 1 ]; then
   "$VENV/bin/python" .ci/lower_bounds.py pyproject.toml test > "$VENV/lowest-constraints.txt"
-  "${PIP[@]}" install "$TORCH" -c "$VENV/lowest-constraints.txt" -e ".[test]"
+  # the build backend at its lower bound too (it is in the constraints): built without
+  # isolation, by that setuptools
+  "${PIP[@]}" install -c "$VENV/lowest-constraints.txt" setuptools
+  "${PIP[@]}" install "$TORCH" -c "$VENV/lowest-constraints.txt" --no-build-isolation -e ".[test]"
 else
   "${PIP[@]}" install --upgrade --upgrade-strategy eager "$TORCH" -e ".[test,bench]"
 fi

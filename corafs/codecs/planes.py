@@ -43,9 +43,14 @@ def encode(buf, width: int, level: int, kind: int = KEY, base=None, base2=None) 
         split = np.empty(a.size, dtype=np.uint8)
         _kernels.encode(kind, width, a, base, base2, split)
     n = a.size // width
-    out = [bytes([width])]
-    for j in range(width):
-        plane = split[j * n:(j + 1) * n]
+    return pack([split[j * n:(j + 1) * n] for j in range(width)], level)
+
+
+def pack(split_planes: list, level: int) -> bytes:
+    """The body of ``split_planes`` (uint8 arrays of one length): each compressed with zstd,
+    or kept raw where compression does not save 2%."""
+    out = [bytes([len(split_planes)])]
+    for plane in split_planes:
         if plane.size == 0:
             out.append(PLANE.pack(RAW, 0))
             continue

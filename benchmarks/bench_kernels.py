@@ -9,7 +9,10 @@ thread, as a commit and a read do it:
   delta decode 2nd  osub2-planes-zstd against two newer versions
   encode            osub delta + planes + zstd, as re-encoding does  (aim >= 0.5 GB/s)
 zstd (through the zstandard package) runs in both columns; the kernels replace the numpy
-arithmetic around it. Both produce the same bytes (tests/test_kernels.py).
+arithmetic around it. Both produce the same bytes (tests/test_kernels.py). The kernels decode
+into buffers that were used before (as the mount's tuned heap and the block cache reuse
+memory); "fresh memory" decodes into new arrays, whose first touch (page faults) costs as much
+as the decode; "zstd alone" is the planes' decompression without the kernels, the floor.
 
   python benchmarks/bench_kernels.py [--out /tmp/corafs-ckpts] [--repeat 3]
 """
@@ -71,22 +74,29 @@ def measure(bl, repeat, level):
         assert s == reference.encode_body("osub-planes-zstd", a, w, level, b)
         assert s2 == reference.encode_body("osub2-planes-zstd", a, w, level, (b, c))
     rows = []
+    outs = [np.empty(b[2].size, dtype=np.uint8) for b in bl]   # decode buffers, reused
 
     def row(what, native, numpy_):
         tn, tr = best(native, repeat), best(numpy_, repeat)
         rows.append((what, total / tn / 1e6, total / tr / 1e6, tr / tn))
 
     row("keyframe decode",
+        lambda: [planes.decode(k, o.size, o) for k, o in zip(key, outs)],
+        lambda: [reference.planes_decode(k, bb[2].size) for k, bb in zip(key, bl)])
+    row("keyframe, fresh memory",
         lambda: [planes.decode(k, bb[2].size) for k, bb in zip(key, bl)],
         lambda: [reference.planes_decode(k, bb[2].size) for k, bb in zip(key, bl)])
     row("delta decode (osub)",
-        lambda: [planes.decode(s, a.size, kind=planes.SUB, base=b)
-                 for s, (_dt, w, a, b, _c) in zip(sub, bl)],
+        lambda: [planes.decode(s, o.size, o, planes.SUB, b)
+                 for s, o, (_dt, w, a, b, _c) in zip(sub, outs, bl)],
         lambda: [reference.decode_body("osub-planes-zstd", s, a.size, w, b)
                  for s, (_dt, w, a, b, _c) in zip(sub, bl)])
+    row("zstd alone (osub)",
+        lambda: [planes.parse(s, a.size) for s, (_dt, w, a, b, _c) in zip(sub, bl)],
+        lambda: [planes.parse(s, a.size) for s, (_dt, w, a, b, _c) in zip(sub, bl)])
     row("delta decode (osub2)",
-        lambda: [planes.decode(s, a.size, kind=planes.SUB2, base=b, base2=c)
-                 for s, (_dt, w, a, b, c) in zip(sub2, bl)],
+        lambda: [planes.decode(s, o.size, o, planes.SUB2, b, c)
+                 for s, o, (_dt, w, a, b, c) in zip(sub2, outs, bl)],
         lambda: [reference.decode_body("osub2-planes-zstd", s, a.size, w, (b, c))
                  for s, (_dt, w, a, b, c) in zip(sub2, bl)])
     row("encode (osub)",

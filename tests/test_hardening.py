@@ -280,5 +280,7 @@ def test_health_records_a_streak_once_and_its_recovery(tmp_path):
     assert "then succeeded" in hist and "7 attempts" in hist
     assert h.failed("commit", OSError(5, "I/O error")) is True    # a new streak
     assert "(1 attempts)" in health.failing_lines(str(tmp_path))[0]
+    (gone,) = health.failing_lines(str(tmp_path), mounted=False)  # what a dead mount left
+    assert "commits were failing when the last mount ended" in gone and "I/O error" in gone
     health.Health(str(tmp_path))                          # a new mount starts clean
     assert health.read(str(tmp_path)) == {}

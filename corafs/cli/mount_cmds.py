@@ -80,11 +80,11 @@ def cmd_umount(a):
 
 
 def cmd_status(a):
-    from ..core import Repository
-    from ..daemon import MountLock
-    from ..view.staging import status_lines
+    from ..core import Repository, headfirst
     from ..core.repository import state_dir
-    from ..core import headfirst
+    from ..daemon import MountLock
+    from ..view import health
+    from ..view.staging import status_lines
     with Repository(a.repo) as repo:
         held = headfirst.held(repo)
     holder = MountLock(a.repo).holder()
@@ -92,9 +92,8 @@ def cmd_status(a):
     for h in held:
         print(f"held     re-encoding of what commit {h.commit[:12]} replaced is set aside: "
               f"{h.reason}")
-    from ..view import health
     root = state_dir(a.repo)
-    failing = health.failing_lines(os.path.join(root, "staging"))
+    failing = health.failing_lines(os.path.join(root, "staging"), mounted=bool(holder))
     for line in failing:
         print(line)
     lines = status_lines(root)

@@ -122,14 +122,21 @@ def read(staging_root: str) -> dict[str, dict]:
         return {}
 
 
-def failing_lines(staging_root: str) -> list[str]:
-    """``corafs status``: the tasks failing now."""
+def failing_lines(staging_root: str, mounted: bool = True) -> list[str]:
+    """``corafs status``: the tasks failing now; ``mounted`` False: the record a mount left
+    when it ended (a crash, or an unmount while failing), said in the past tense."""
     out = []
     for task, r in sorted(read(staging_root).items()):
         if r.get("until") is None:
             subject, verb = _what(task)
-            out.append(f"failing  {subject} {verb} failing since {_clock(r['since'])} "
-                       f"({r['count']} attempts): {r['reason']}")
+            if mounted:
+                out.append(f"failing  {subject} {verb} failing since {_clock(r['since'])} "
+                           f"({r['count']} attempts): {r['reason']}")
+            else:
+                verb = "were" if verb == "are" else "was"
+                out.append(f"failing  {subject} {verb} failing when the last mount ended "
+                           f"(since {_clock(r['since'])}, {r['count']} attempts): "
+                           f"{r['reason']}")
     return out
 
 

@@ -711,36 +711,31 @@ class Repository:
         batch (holding the files' data) that the first attempt completes and commits."""
         revparse.check_ref_name(branch)
         head = expected or self.head(branch)
-        for attempt in range(retries + 1):
-            base_tree = self.commit_obj(head).tree
-            w, writer = (writer or self.store.writer()), None
-            w.hold = True           # until the ref moved: a gc must not take what it uses
-            try:
+        # the gc lock stays claimed until the ref holds what the batches wrote or reused
+        with self.store.claim():
+            for attempt in range(retries + 1):
+                base_tree = self.commit_obj(head).tree
+                w, writer = (writer or self.store.writer()), None
                 with w:
                     new_tree = tree.apply(self, w, base_tree, changes)
                     cid = None
                     if new_tree != base_tree or merge_parents:
                         cid = self._put_commit(w, new_tree, [head, *merge_parents], message,
                                                author or self.default_author(), lossy)
-            except BaseException:
-                w.release()
-                raise
-            if cid is None:
-                w.release()
-                return None, attempt
-            try:
-                kind = "merge" if merge_parents else "commit"
-                self._move_ref(f"heads/{branch}", head, cid,
-                               f"{kind}: {message.splitlines()[0] if message else ''}", author)
-            except RefConflict as e:
-                w.release()
-                if e.actual is None:
-                    raise NotFound("branch", branch) from None
-                head = e.actual
-                continue
-            w.release()
-            self._committed(cid)
-            return cid, attempt
+                if cid is None:
+                    return None, attempt
+                try:
+                    kind = "merge" if merge_parents else "commit"
+                    self._move_ref(f"heads/{branch}", head, cid,
+                                   f"{kind}: {message.splitlines()[0] if message else ''}",
+                                   author)
+                except RefConflict as e:
+                    if e.actual is None:
+                        raise NotFound("branch", branch) from None
+                    head = e.actual
+                    continue
+                self._committed(cid)
+                return cid, attempt
         raise RefConflict(f"heads/{branch}", head, self.store.get_ref(f"heads/{branch}"))
 
     def _committed(self, cid: str) -> None:

@@ -27,13 +27,6 @@ class ObjectWriter(abc.ABC):
     def abort(self) -> None:
         """Drop the batch."""
 
-    #: while True, ``commit`` keeps the batch's claim on its objects (a gc cannot delete what
-    #: it deduplicated against) until ``release``: a commit holds it until its ref has moved
-    hold = False
-
-    def release(self) -> None:
-        """End the claim kept by ``hold`` (no-op for stores without a gc)."""
-
     def __enter__(self):
         return self
 

@@ -312,7 +312,8 @@ class _LocalWriter(ObjectWriter):
     """One batch. From its creation until it is sealed it holds the repository's gc lock
     shared, so a gc never deletes a pack whose objects this batch may have deduplicated
     against; at creation it reloads the index if a gc ran since (``has`` must not answer from
-    a stale index)."""
+    a stale index). A writer whose objects become reachable only later (a commit's ref move)
+    holds ``LocalStore.claim`` until then."""
 
     def __init__(self, store: "LocalStore", gc_lock: bool = True):
         self.store = store
@@ -355,11 +356,7 @@ class _LocalWriter(ObjectWriter):
                     self._seal()
         finally:
             self.done = True
-            if not self.hold:
-                self._unlock()
-
-    def release(self) -> None:
-        self._unlock()
+            self._unlock()
 
     def abort(self) -> None:
         try:

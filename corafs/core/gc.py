@@ -98,9 +98,8 @@ def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste
     rep = GcReport(packs_before=len(packs), bytes_before=sum(p["bytes"] for p in packs.values()),
                    dry_run=dry_run)
     rep.grace = grace
-    marks = _mark(repo, packs, collect, grace, expire_reflog)
+    marks = _mark(repo, packs, collect, grace, expire_reflog, report=rep)
     plan = _plan(repo, packs, marks, grace, min_waste, consolidate)
-    _count_young(repo, packs, grace, collect, expire_reflog, rep)
     rep.objects_dropped = sum(len(d) for _k, d in plan.values())
     rep.bytes_dropped = sum(n for _k, d in plan.values() for _o, n in d)
     rep.packs_rewritten = len(plan)
@@ -140,28 +139,12 @@ def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste
     return rep
 
 
-def _count_young(repo, packs: dict, grace: float, collect: bool, expire_reflog, rep) -> None:
-    """How many packs the grace period kept that hold something no root reaches: what the
-    user is told when a gc frees less than expected."""
-    if not grace or not collect:
-        return
-    now = time.time()
-    young = {n: p for n, p in packs.items() if now - p["mtime"] < grace}
-    if not young:
-        return
-    reached = _mark(repo, packs, collect, 0.0, expire_reflog)
-    for p in young.values():
-        ids = [x.decode() for x in p["table"]["id"].tolist()]
-        if any(oid not in reached for oid in ids):
-            rep.young_kept += 1
-            rep.young_bytes += p["bytes"]
-
-
 # -- marking ----------------------------------------------------------------------------------------
 def _mark(repo, packs: dict, collect: bool, grace: float,
-          expire_reflog: Optional[float], fresh=()) -> set[str]:
+          expire_reflog: Optional[float], fresh=(), report: Optional[GcReport] = None) -> set[str]:
     """Object ids wanted. Without ``collect`` every object is wanted (repack only drops
-    duplicates); with it, what the roots reach."""
+    duplicates); with it, what the roots reach. With ``report``, it also counts the packs
+    that only their age keeps (holding objects no other root reaches), in the same walk."""
     store = repo.store
     now = time.time()
     if not collect:
@@ -174,17 +157,26 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
     expire_days = None if expire_reflog is None else expire_reflog / 86400.0
     roots.extend(repo.reflog_roots(time.time_ns(), expire_days))
     roots.extend(_journal_roots(repo))
-    young = [p for p in packs.values() if now - p["mtime"] < grace]
-    for p in young + list(fresh):                  # a commit in progress wrote these
-        roots.extend(x.decode() for x in p["table"]["id"].tolist())
     marks: set[str] = set()
-    stack = [r for r in roots if r]
-    while stack:
-        oid = stack.pop()
-        if oid in marks or store.location(oid) is None:    # stored at all (``has`` may
-            continue                                        # discount what a gc scheduled)
-        marks.add(oid)
-        stack.extend(_children(repo, oid))
+
+    def walk(stack):
+        while stack:
+            oid = stack.pop()
+            if oid in marks or store.location(oid) is None:    # stored at all (``has`` may
+                continue                                        # discount what a gc scheduled)
+            marks.add(oid)
+            stack.extend(_children(repo, oid))
+
+    walk([r for r in roots if r])
+    young = [p for p in packs.values() if now - p["mtime"] < grace]
+    more: list[str] = []
+    for k, p in enumerate(young + list(fresh)):   # a commit in progress wrote these
+        ids = [x.decode() for x in p["table"]["id"].tolist()]
+        if report is not None and k < len(young) and any(oid not in marks for oid in ids):
+            report.young_kept += 1
+            report.young_bytes += p["bytes"]
+        more.extend(ids)
+    walk(more)
     return marks
 
 
@@ -368,8 +360,7 @@ def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress,
     records = store.gc_records()
     scheduled = {p for r in records for p in r["packs"]}
     rep.grace = grace
-    marks = _mark(repo, packs, collect, grace, expire_reflog)
-    _count_young(repo, packs, grace, collect, expire_reflog, rep)
+    marks = _mark(repo, packs, collect, grace, expire_reflog, report=rep)
     plan = {k: v for k, v in _plan(repo, packs, marks, grace, min_waste,
                                    consolidate=False).items() if k not in scheduled}
     rep.objects_dropped = sum(len(d) for _k, d in plan.values())

@@ -448,6 +448,7 @@ async def _committer(ops, health) -> None:
 
     staging = ops.staging
     repo = staging.repo
+    seen_err = None                            # the re-encoding failure already recorded
     while True:
         await trio.sleep(0.1)
         try:
@@ -465,12 +466,13 @@ async def _committer(ops, health) -> None:
         except Exception:
             await trio.sleep(1.0)              # logged and recorded by _attempt
         err = repo.reencode_error
-        if err is not None:
+        if err is not None and err is not seen_err:     # one record per failed run
             if health.failed("reencode", err):
                 log.error("re-encoding of history failed (%s: %s); its jobs stay queued",
                           type(err).__name__, err, exc_info=err)
-        else:
+        elif err is None and seen_err is not None:
             health.ok("reencode")
+        seen_err = err
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ its state dict is written as ``model.pth`` (torch.save) and ``model.safetensors`
 in bf16, one directory per checkpoint. Checkpoints are cached under ``--out`` by their settings,
 so a second benchmark on the same settings trains nothing.
 
-  python benchmarks/transformer_run.py --out /tmp/corafs-ckpts [--checkpoints 10]
+  python benchmarks/transformer_run.py --out /tmp/corafs-ckpts [--checkpoints 10] [--every 8]
 """
 from __future__ import annotations
 
@@ -120,9 +120,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/corafs-ckpts")
     ap.add_argument("--checkpoints", type=int, default=10)
+    ap.add_argument("--every", type=int, default=8, help="training steps between checkpoints")
     a = ap.parse_args()
     import time
     t = time.perf_counter()
-    s = generate(a.out, a.checkpoints)
+    s = generate(a.out, a.checkpoints, a.every)
     print(f"{parameters() / 1e6:.1f}M parameters, {len(s)} checkpoints in "
           f"{time.perf_counter() - t:.0f} s: {os.path.dirname(s[0]['fp32/model.pth'])}")

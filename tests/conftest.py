@@ -9,7 +9,7 @@ from corafs import Repository
 from corafs.config import Tuning
 
 # small blocks so that multi-block tensors, delta chains and chunking are exercised by small files
-SMALL = Tuning(block_size=64 << 10, skeleton_chunk=16 << 10, opaque_chunk=32 << 10,
+SMALL = Tuning(block_size=64 << 10, chunk_avg=8 << 10,
                pack_target=4 << 20, block_cache_bytes=16 << 20)
 
 

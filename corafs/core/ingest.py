@@ -1,13 +1,16 @@
 """Ingest: turn a file into a recipe (file manifest) plus data objects, streaming.
 
 The file is read once, front to back. Non-tensor bytes go to a *skeleton* stream cut into
-chunks; each tensor is cut into fixed-size blocks. Every block/chunk is hashed (xxh3-128); one
+chunks by content (FastCDC: a cut depends only on the bytes before it in its chunk, so an
+insertion or deletion changes the chunks around it and no others); each tensor is cut into
+fixed-size blocks. Every block/chunk is hashed (xxh3-128); one
 already stored is not encoded again (dedup), a new one is encoded in a worker thread, as a
 delta against the matching block of a reference tensor when one is known and that pays. At most
 ``2 * workers`` blocks are in flight, so memory is bounded by a few blocks whatever the size.
 The sha256 of the whole file is computed on the way and recorded."""
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import hashlib
@@ -17,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional
 
 import numpy as np
+from pyfastcdc import FastCDC
 
 from .. import codecs, formats
 from ..errors import CorafsError, IngestCancelled
@@ -91,8 +95,7 @@ class Ingestor:
         self._new_bytes = 0
         self.lossy_used = False
         sha = hashlib.sha256()
-        chunk = self.t.opaque_chunk if layout.format == "opaque" else self.t.skeleton_chunk
-        skel = _Skeleton(chunk)
+        skel = _Skeleton(self.t.chunk_avg)
         extents: list[list] = []
         ref_tensors = self.repo.reference_tensors(ref) if ref else {}
         tensors = []
@@ -105,13 +108,10 @@ class Ingestor:
             pos = span.offset + span.nbytes
         if size > pos:
             self._skeleton(f, size - pos, sha, skel, extents)
-        self._flush_chunk(skel)
+        self._cut(skel, final=True)
         self._drain()
         self._finish_tensors(tensors)
-        # resolve skeleton placeholders to chunk ids
-        for e in extents:
-            if isinstance(e[1], int):
-                e[1] = skel.ids[e[1]]
+        extents = skel.resolve(extents)
         manifest = {
             "type": "file", "format": layout.format, "size": size,
             "sha256": sha.hexdigest(), "reason": layout.reason,
@@ -143,39 +143,41 @@ class Ingestor:
             raise IngestCancelled()
 
     def _skeleton(self, f, n: int, sha, skel: "_Skeleton", extents) -> None:
+        """``n`` bytes of the file that are not tensor data: onto the skeleton stream (an
+        extent placeholder records where), cut into chunks as soon as enough is buffered."""
+        hole = self.t.hole_unit
         while n > 0:
             self._check_cancel()
-            room = skel.size - len(skel.buf)
-            take = min(n, room)
-            if not skel.buf and take == skel.size and _is_hole(f, take):
-                # a hole (sparse file): never read, stored once as a zero chunk
-                f.seek(take, os.SEEK_CUR)
-                zeros = _zeros(take)
+            if n >= hole and _is_hole(f, hole):
+                # a hole (sparse file): never read, stored once as a zero object; what was
+                # buffered before it is cut to the end first
+                self._cut(skel, final=True)
+                f.seek(hole, os.SEEK_CUR)
+                zeros = _zeros(hole)
                 sha.update(zeros)
-                oid = _zero_id(take)
-                extents.append([take, len(skel.ids), 0])
-                skel.ids.append(oid)
+                oid = _zero_id(hole)
+                extents.append([hole, oid, 0])
                 self._submit(oid, np.frombuffer(zeros, dtype=np.uint8), _CHUNK_DTYPE, None)
-                n -= take
-                self.on_progress(take)
+                n -= hole
+                self.on_progress(hole)
                 continue
+            take = min(n, hole)
             data = _read_exact(f, take)
             sha.update(data)
-            extents.append([take, len(skel.ids), len(skel.buf)])
-            skel.buf += data
+            extents.append([take, _Skeleton.PENDING, skel.end])
+            skel.add(data)
             n -= take
             self.on_progress(take)
-            if len(skel.buf) >= skel.size:
-                self._flush_chunk(skel)
+            if skel.ready():
+                self._cut(skel)
 
-    def _flush_chunk(self, skel: "_Skeleton") -> None:
-        if not skel.buf:
-            return
-        arr = np.frombuffer(bytes(skel.buf), dtype=np.uint8)
-        oid = data_id(arr)
-        skel.ids.append(oid)
-        skel.buf = bytearray()
-        self._submit(oid, arr, _CHUNK_DTYPE, None)
+    def _cut(self, skel: "_Skeleton", final: bool = False) -> None:
+        """Store the chunks the buffered skeleton bytes cut into; all of them when ``final``,
+        else all but the last (it may continue past what is buffered)."""
+        for arr in skel.cut(final):
+            oid = data_id(arr)
+            skel.chunk_ids.append(oid)
+            self._submit(oid, arr, _CHUNK_DTYPE, None)
 
     # -- tensors --------------------------------------------------------------------------------
     def _tensor(self, f, span, sha, extents, ref: Optional[dict]) -> dict:
@@ -344,10 +346,65 @@ class Ingestor:
 
 
 class _Skeleton:
-    def __init__(self, size: int):
-        self.size = size
+    """The skeleton stream of one file: bytes buffered until they are cut into chunks by
+    content. Extents of skeleton bytes are recorded as placeholders ``[len, PENDING, stream
+    offset]`` and resolved to ``[len, chunk id, offset in chunk]`` once every chunk is known
+    (a piece that straddles a cut becomes two extents)."""
+
+    PENDING = None
+
+    def __init__(self, avg: int):
+        self.cdc = FastCDC(avg)
+        self.max = self.cdc.max_size
         self.buf = bytearray()
-        self.ids: list[str] = []
+        self.base = 0                     # stream offset of buf[0]
+        self.starts: list[int] = []       # stream offset of each chunk
+        self.lens: list[int] = []
+        self.chunk_ids: list[str] = []
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.buf)
+
+    def add(self, data: bytes) -> None:
+        self.buf += data
+
+    def ready(self) -> bool:
+        return len(self.buf) >= 4 * self.max
+
+    def cut(self, final: bool):
+        if not self.buf:
+            return
+        data = bytes(self.buf)
+        chunks = [(c.offset, c.length) for c in self.cdc.cut_buf(data)]
+        if not final:
+            chunks = chunks[:-1]          # its end is where the buffer ends, not a cut
+        used = 0
+        for off, ln in chunks:
+            self.starts.append(self.base + off)
+            self.lens.append(ln)
+            used = off + ln
+            yield np.frombuffer(data, dtype=np.uint8, count=ln, offset=off)
+        self.buf = bytearray(data[used:])
+        self.base += used
+
+    def resolve(self, extents: list) -> list:
+        assert not self.buf, "the skeleton must be cut to its end first"
+        out = []
+        for e in extents:
+            if e[1] is not self.PENDING:
+                out.append(e)
+                continue
+            n, pos = e[0], e[2]
+            i = bisect.bisect_right(self.starts, pos) - 1
+            while n > 0:
+                o = pos - self.starts[i]
+                take = min(n, self.lens[i] - o)
+                out.append([take, self.chunk_ids[i], o])
+                n -= take
+                pos += take
+                i += 1
+        return out
 
 
 _ZEROS: dict[int, tuple[bytes, str]] = {}

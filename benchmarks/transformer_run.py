@@ -64,12 +64,14 @@ def _data(vocab: int, n: int, ctx: int, seed: int) -> torch.Tensor:
 
 
 def generate(out: str, checkpoints: int = 10, every: int = 8, pretrain: int = 30,
-             lr: float = 5e-5, seed: int = 0) -> list[dict[str, str]]:
+             lr: float = 5e-5, seed: int = 0, freeze: bool = False) -> list[dict[str, str]]:
     """Train and save; return one dict per checkpoint: kind-file -> path
-    (``fp32/model.pth``, ``fp32/model.safetensors``, ``bf16/...``). Cached."""
+    (``fp32/model.pth``, ``fp32/model.safetensors``, ``bf16/...``). Cached. ``freeze``: the
+    embeddings and the first half of the blocks are frozen during the fine-tune (a partial
+    fine-tune: their tensors stay identical from checkpoint to checkpoint)."""
     from safetensors.torch import save_file
 
-    key = f"gpt24m-c{checkpoints}-e{every}-p{pretrain}-lr{lr}-s{seed}"
+    key = f"gpt24m-c{checkpoints}-e{every}-p{pretrain}-lr{lr}-s{seed}" + ("-frozen" if freeze else "")
     root = os.path.join(out, key)
     done = os.path.join(root, "done.json")
     if os.path.exists(done):
@@ -92,7 +94,11 @@ def generate(out: str, checkpoints: int = 10, every: int = 8, pretrain: int = 30
         return loss.item()
 
     steps(torch.optim.AdamW(model.parameters(), lr=1e-3), pretrain)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    if freeze:
+        for m in [model.tok, model.pos, *model.blocks[:len(model.blocks) // 2]]:
+            for p in m.parameters():
+                p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     series = []
     for c in range(checkpoints):
         steps(opt, every)
@@ -121,9 +127,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="/tmp/corafs-ckpts")
     ap.add_argument("--checkpoints", type=int, default=10)
     ap.add_argument("--every", type=int, default=8, help="training steps between checkpoints")
+    ap.add_argument("--freeze", action="store_true", help="freeze the first half of the model")
     a = ap.parse_args()
     import time
     t = time.perf_counter()
-    s = generate(a.out, a.checkpoints, a.every)
+    s = generate(a.out, a.checkpoints, a.every, freeze=a.freeze)
     print(f"{parameters() / 1e6:.1f}M parameters, {len(s)} checkpoints in "
           f"{time.perf_counter() - t:.0f} s: {os.path.dirname(s[0]['fp32/model.pth'])}")

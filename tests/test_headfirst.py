@@ -15,6 +15,7 @@ import safetensors.numpy
 from conftest import SMALL, run_cli, sha256_bytes, sha256_file
 from corafs import Repository
 from corafs.core import headfirst
+from corafs.core import headfirst
 from corafs.core.stats import chain_depth
 from mountutil import mounted, needs_fuse, settled, wait_for
 
@@ -256,3 +257,127 @@ def test_mount_commit_is_keyframes_and_the_daemon_reencodes(fresh, work):
     with Repository(str(repo)) as r:
         _all_exact(r, want)
         assert r.fsck().ok
+
+
+def _keyframes_per_position(repo, cids):
+    """Keyframe blocks of tensor "a" over all versions (one lineage per block position)."""
+    n = 0
+    seen = set()
+    for c in cids:
+        for b in _blocks(repo, f"{c}:model.safetensors"):
+            if b not in seen:
+                seen.add(b)
+                n += not repo.block_header(b).is_delta
+    return n
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_depth_bound_is_used_and_the_head_is_the_only_keyframe(tmp_path, work, depth):
+    """Issue 20: a version may sit at max_delta_depth (no run closes early), no version ever
+    decodes through more, and a lineage holds one keyframe, its head: the block that closes a
+    run becomes the floating root (a delta against the head, encoded again for each new
+    head) or an anchor against it, not a second keyframe. Checked after every commit."""
+    t = dataclasses.replace(SMALL, max_delta_depth=depth, head_codec="raw")
+    repo = Repository.init(str(tmp_path / "r"), tuning=t)
+    try:
+        repo.background_reencode = False
+        want, w = {}, None
+        positions = None
+        for v in range(3 * depth + 2):
+            p = work / "m.safetensors"
+            w = _version(p, w, v)
+            cid = repo.commit("main", {"model.safetensors": str(p)}).commit
+            want[cid] = sha256_file(p)
+            assert set(_depths(repo, f"{cid}:model.safetensors")) == {0}
+            rep = repo.reencode()
+            positions = positions or len(_blocks(repo, f"{cid}:model.safetensors"))
+            depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in want]
+            assert max(depths) <= depth, (v, depths)
+            if len(want) == depth + 1:
+                assert depths[0] == depth, depths        # the bound is used, not depth - 1
+            # every position: its head, and no second keyframe
+            assert _keyframes_per_position(repo, want) == positions, v
+            # the work per commit is bounded: the old head and the floating root
+            assert rep.blocks <= 2 * positions, rep
+        floating = [b for c in want for b in _blocks(repo, f"{c}:model.safetensors")
+                    if repo.block_header(b).floating]
+        assert floating, "a long history has a floating root per position"
+        _all_exact(repo, want)
+        assert repo.fsck().ok
+    finally:
+        repo.close()
+
+
+def test_floating_root_is_pinned_when_a_delta_no_longer_pays(tmp_path, work):
+    """When the weights move so far that the floating root no longer pays as a delta against
+    the head, it becomes a keyframe (pinned) and the next run that closes makes a new floating
+    root; every version stays exact and within the bound."""
+    t = dataclasses.replace(SMALL, max_delta_depth=3, head_codec="raw")
+    repo = Repository.init(str(tmp_path / "r"), tuning=t)
+    try:
+        repo.background_reencode = False
+        want, w = {}, None
+        pinned = 0
+        for v in range(10):
+            p = work / "m.safetensors"
+            w = _version(p, None if v == 6 else w, v)      # v6: new weights altogether
+            want[repo.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+            pinned += repo.reencode().pinned
+            depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in want]
+            assert max(depths) <= 3, (v, depths)
+        assert pinned > 0
+        _all_exact(repo, want)
+        assert repo.fsck().ok
+    finally:
+        repo.close()
+
+
+def test_repack_reencode_brings_a_forward_repository_to_the_current_scheme(tmp_path, work):
+    """Issue 20, item 5: a repository whose history is stored another way (here: forward
+    deltas, the encoding before head-first) keeps reading, and ``corafs repack --reencode``
+    re-encodes its history as head-first would have: the head keyframes, one keyframe per
+    block position, every version within the depth bound and sha256-exact. Interrupted after
+    its first step, every version still reads and fsck is clean; the queue finishes it."""
+    depth = 3
+    fwd = dataclasses.replace(SMALL, head_first=False, max_delta_depth=depth)
+    path = str(tmp_path / "r")
+    repo = Repository.init(path, tuning=fwd)
+    repo.set_config("max_delta_depth", depth)       # the CLI below reads it from the repo
+    want, w = {}, None
+    try:
+        for v in range(3 * depth):
+            p = work / "m.safetensors"
+            w = _version(p, w, v)
+            want[repo.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+        repo.create_branch("side", list(want)[4])
+        assert max(_depths(repo, "main:model.safetensors")) > 0      # forward: head is a delta
+    finally:
+        repo.close()
+    t = dataclasses.replace(fwd, head_first=True)
+    with Repository(path, tuning=t) as repo:
+        # killed after the blocks were written whole, before the jobs ran
+        real = headfirst.run_pending
+        headfirst.run_pending = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                repo.reencode_history()
+        finally:
+            headfirst.run_pending = real
+        _all_exact(repo, want)
+        assert repo.fsck().ok
+        assert headfirst.pending(repo)
+    out = subprocess.run([sys.executable, "-m", "corafs", "repack", path, "--reencode"],
+                         capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    with Repository(path, tuning=t) as repo:
+        assert not headfirst.pending(repo)
+        cids = list(want)
+        assert set(_depths(repo, "main:model.safetensors")) == {0}
+        depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in cids]
+        assert max(depths) <= depth, depths
+        positions = len(_blocks(repo, "main:model.safetensors"))
+        # one keyframe per position on main's lineage, plus the side branch's head
+        assert _keyframes_per_position(repo, cids) <= positions + \
+            len(set(_blocks(repo, "side:model.safetensors"))), depths
+        _all_exact(repo, want)
+        assert repo.fsck().ok

@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "hold is kept (default: 0 on a local repository, whose writers "
                              "hold the gc lock; 900 on S3, where a writer on another machine "
                              "may be uploading)")
+        if name == "repack":
+            sp.add_argument("--reencode", action="store_true",
+                            help="first re-encode the whole history with the current scheme "
+                                 "(a repository written by an older corafs, or with forward "
+                                 "deltas); needs room for the history stored whole meanwhile")
         if name == "gc":
             sp.add_argument("--expire-reflog", metavar="DAYS", default=None,
                             help="reflog entries older than this keep nothing alive "
@@ -475,6 +480,12 @@ def cmd_gc(a):
     if collect and a.expire_reflog is not None:
         expire = 0.0 if a.expire_reflog == "now" else float(a.expire_reflog) * 86400.0
     with open_repo(a.repo) as repo:
+        if getattr(a, "reencode", False) and not a.dry_run:
+            h = repo.reencode_history()
+            r = h.reencode
+            print(f"re-encoded the history of {h.commits} commit(s): {h.reset} block(s) "
+                  f"written whole, then {r.blocks} re-encoded ({r.anchors} closing a run), "
+                  f"{fmt.size(r.bytes_before)} -> {fmt.size(r.bytes_after)}")
         with progress(0, a.command_name) as upd:
             rep = repo.repack(collect, a.grace, a.dry_run, expire, upd)
         verb = "would free" if rep.dry_run else "freed"

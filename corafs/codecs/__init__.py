@@ -8,7 +8,8 @@ the xxh3-128 of the decoded bytes, so identical content is stored once whatever 
 Two header versions: ``CB\x01`` (forward deltas and keyframes, as ingest wrote them before
 head-first encoding) and ``CB\x02``, which adds one flags byte. ``REVERSE`` marks a delta
 against a *newer* version of the block (head-first encoding); its depth field then counts the
-block's position in its run of reverse deltas, from the oldest (1) up.
+block's position in its run of reverse deltas, from the oldest (1) up. ``FLOATING`` (with
+``REVERSE``) marks a lineage's floating root, a delta against the lineage's head (depth 1).
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ MAGIC = b"CB\x01"
 MAGIC2 = b"CB\x02"
 #: header flag: a delta against a newer version (head-first encoding)
 REVERSE = 1
+#: header flag (with REVERSE): a lineage's *floating root*, a delta against the newest version
+#: of its block, encoded again against each new one (core/headfirst.py)
+FLOATING = 2
 _Q = struct.Struct("<QB")
 
 
@@ -161,6 +165,10 @@ class BlockHeader:
     @property
     def reverse(self) -> bool:
         return bool(self.flags & REVERSE)
+
+    @property
+    def floating(self) -> bool:
+        return bool(self.flags & FLOATING)
 
     @property
     def base_ids(self) -> list[str]:

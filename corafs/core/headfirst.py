@@ -73,7 +73,9 @@ class ReencodeReport:
     upgraded: int = 0             # reverse deltas upgraded to second order
     bytes_before: int = 0         # stored bytes of those blocks before
     bytes_after: int = 0
-    anchors: int = 0              # blocks that closed a run (far delta or root keyframe)
+    anchors: int = 0              # blocks that closed a run (floating root or anchor)
+    followed: int = 0             # floating roots re-encoded against the new head
+    pinned: int = 0               # floating roots that became keyframes (a delta no longer paid)
     compressed: int = 0           # raw head keyframes compressed once no longer the head
     held: int = 0                 # jobs set aside: some of their blocks could not be read
     seconds: float = 0.0
@@ -220,6 +222,80 @@ def run_pending(repo, cancel: Optional[threading.Event] = None, repack: bool = T
     return rep
 
 
+@dataclasses.dataclass
+class HistoryReport:
+    commits: int = 0              # commits whose history was re-encoded (one job each)
+    reset: int = 0                # delta blocks written out whole before the replay
+    reencode: Optional[ReencodeReport] = None
+
+
+def reencode_history(repo, cancel: Optional[threading.Event] = None) -> HistoryReport:
+    """Bring a repository's whole history to the current encoding scheme (``corafs repack
+    --reencode``): a repository written by an older corafs (runs closed a version early,
+    second keyframes) or with forward deltas (``head_first=False``) is re-encoded as if each
+    of its commits had been made now.
+
+    How: every delta block of every float tensor reachable from a branch or a tag is first
+    written whole (a keyframe: a newer copy of the same object, so every version reads
+    correctly throughout), then one job per commit of each branch's first-parent history is
+    queued, oldest first, and the queue runs as it does after commits. Each step lands in
+    packs of its own before the next begins; killed midway, what is queued runs with the next
+    command (``objects/reencode/*.job``). Needs room for the whole history stored as
+    keyframes until the jobs and the repack that follows have run."""
+    rep = HistoryReport()
+    histories = [repo.first_parent_history(cid) for cid in repo.branches().values()]
+    commits: list[str] = []
+    seen: set[str] = set()
+    for hist in histories:
+        for c in hist:
+            if c.id not in seen:
+                seen.add(c.id)
+                commits.append(c.id)
+    tagged = [repo.resolve(t) for t in repo.tags()]
+    with lock(repo):
+        blocks: dict[str, str] = {}
+        for cid in commits + [t for t in tagged if t not in seen]:
+            for tid in tree_tensor_ids(repo, repo.commit_obj(cid).tree):
+                tm = repo.tensor_manifest(tid)
+                if not lookup(tm["dtype"]).is_float:
+                    continue
+                for b in tm["blocks"]:
+                    blocks.setdefault(b[0], tm["dtype"])
+        todo = [(b, dt) for b, dt in blocks.items() if repo.block_header(b).is_delta]
+        if todo:
+            w = repo.store.writer()
+            try:
+                level = repo.tuning.zstd_level
+
+                def whole(item):
+                    oid, dtype = item
+                    raw = repo.decoder.raw(oid)
+                    payload, _c, _d = codecs.encode_block(raw, dtype, level)
+                    _check(payload, oid, {})
+                    return oid, payload
+
+                for i in range(0, len(todo), 64):
+                    if cancel is not None and cancel.is_set():
+                        w.abort()
+                        return rep
+                    for oid, payload in repo.pool.map(whole, todo[i:i + 64]):
+                        w.put(oid, payload)
+                w.commit()
+            except BaseException:
+                w.abort()
+                raise
+            rep.reset = len(todo)
+    queued: set[str] = set()
+    for hist in histories:
+        for c in hist:
+            if c.parents and c.id not in queued:
+                queued.add(c.id)
+                enqueue(repo, c.id)
+    rep.commits = len(queued)
+    rep.reencode = run_pending(repo, cancel=cancel)
+    return rep
+
+
 class _Job:
     def __init__(self, repo, cid: str, rep: ReencodeReport,
                  cancel: Optional[threading.Event]):
@@ -356,64 +432,77 @@ class _Job:
 
     def _block(self, w, dtype: str, old: str, new: str, pred: Optional[str],
                pred_tid: Optional[str], index: int) -> None:
+        """Re-encode one block position of a lineage for its new head ``new``: the old head
+        ``old`` joins the run below it, or closes it (becoming the floating root or an anchor
+        against it), and the floating root below follows the head."""
         if self.cancel is not None and self.cancel.is_set():
             return
         repo = self.repo
         h_new = repo.block_header(new)      # unreadable: recorded by _guarded
         h_old = repo.block_header(old)
-        if h_new.is_delta or h_old.is_delta:
-            return      # only a keyframe against a keyframe: no chain can loop
+        if h_new.is_delta:
+            return      # only ever against a keyframe: no chain can loop
         pos, h_pred = 1, None
         if pred is not None:
             try:
                 h_pred = repo.block_header(pred)
             except Exception:
                 h_pred = None
-            if h_pred is not None and h_pred.reverse and h_pred.base_ids[:1] == [old]:
+            if h_pred is not None and h_pred.reverse and not h_pred.floating \
+                    and h_pred.base_ids[:1] == [old]:
                 pos = h_pred.depth + 1
             else:
                 h_pred = None
+        fl = self._floating_root(pred, pred_tid, index, pos) if pred is not None else None
+        old_raw = new_raw = None
+        if not h_old.is_delta:               # not done yet (a job run again skips it)
+            old_raw, new_raw = self._old_head(w, dtype, old, h_old, new, pos, fl, h_pred,
+                                              pred, pred_tid)
+        if fl is not None and fl != old and repo.block_header(fl).base_ids[:1] != [new]:
+            self._follow(w, dtype, fl, new, old, old_raw, new_raw)
+
+    def _old_head(self, w, dtype, old, h_old, new, pos, fl, h_pred, pred, pred_tid):
+        """The old head (a keyframe) becomes a reverse delta at position ``pos`` of the run
+        below it, or closes the run. Returns the decoded (old, new) blocks it used, if any."""
+        repo = self.repo
         level = self.t.zstd_level
-        if pos >= self.t.max_delta_depth:
-            # the run is full: the old head closes it. It becomes a far delta against the
-            # keyframe below the run (the lineage's root) or, in the first run, stays a
-            # keyframe and is that root. Either way no read decodes through more than
-            # max_delta_depth deltas.
-            root = self._root(pred_tid, index, old)
-            with self._lock:
-                self.rep.anchors += 1
-            if root is None:
-                return self._compress(w, old, dtype, h_old)
-            old_raw = _verified(repo, old)
-            root_raw = _verified(repo, root)
-            payload, codec, _d = codecs.encode_block(old_raw, dtype, level, root_raw, root, 0,
-                                                     256)
-            if not codecs.REGISTRY[codec].is_delta:
-                return self._compress(w, old, dtype, h_old)
-            _check(payload, old, {root: root_raw})
-            before = self.store.size_of(old)
-            self._put(w, old, payload)
-            with self._lock:
-                self.rep.blocks += 1
-                self.rep.bytes_before += before
-                self.rep.bytes_after += len(payload)
-            return
+        D = self.t.max_delta_depth
         if h_pred is not None and pred_tid in self.protected():
             # the block below is a head's or a tag's: keep it one delta away
-            return self._compress(w, old, dtype, h_old)
+            return self._compress(w, old, dtype, h_old), None
+        # where the run closes: the oldest of a run sits at depth D. Under the floating root
+        # (depth 1) a run holds D-1 deltas; under an anchor against it (depth 2), D-2.
+        close = D - 1 if fl is not None else D
         old_raw = _verified(repo, old)
+        if pos >= close and fl is not None:
+            # an anchor: a far delta against the floating root (fixed from now on)
+            fl_raw = _verified(repo, fl)
+            payload, codec, _d = codecs.encode_block(old_raw, dtype, level, fl_raw, fl, 1, 256)
+            with self._lock:
+                self.rep.anchors += 1
+            if not codecs.REGISTRY[codec].is_delta:
+                return self._compress(w, old, dtype, h_old, old_raw), None
+            _check(payload, old, {fl: fl_raw})
+            self._replace(w, old, payload)
+            return old_raw, None
         new_raw = _verified(repo, new)
-        payload, codec, _d = codecs.encode_block(old_raw, dtype, level, new_raw, new, pos - 1,
-                                                 256, flags=codecs.REVERSE)
+        floating = pos >= close             # no floating root below: this one becomes it
+        flags = codecs.REVERSE | (codecs.FLOATING if floating else 0)
+        payload, codec, _d = codecs.encode_block(old_raw, dtype, level, new_raw, new,
+                                                 0 if floating else pos - 1, 256, flags=flags)
         if not codecs.REGISTRY[codec].is_delta:
             # a delta does not pay here: stays a keyframe
-            return self._compress(w, old, dtype, h_old, old_raw)
+            return self._compress(w, old, dtype, h_old, old_raw), new_raw
         _check(payload, old, {new: new_raw})
-        before = self.store.size_of(old)
-        self._put(w, old, payload)
-        upgraded = 0
+        self._replace(w, old, payload)
+        if floating:
+            with self._lock:
+                self.rep.anchors += 1
+            return old_raw, new_raw
         if h_pred is not None and codecs.REGISTRY[h_pred.codec].bases == 1 \
                 and not (self.cancel is not None and self.cancel.is_set()):
+            # the block below was a first-order delta against the old head: second order
+            # (against 2*old - new) where that is smaller
             pred_raw = _decode(repo, pred, {old: old_raw})
             p2, c2, _ = codecs.encode_block(pred_raw, dtype, level, old_raw, old,
                                             h_pred.depth - 1, 256, base2=new_raw, base2_id=new,
@@ -422,15 +511,59 @@ class _Job:
             if codecs.REGISTRY[c2].bases == 2 and len(p2) < size:
                 _check(p2, pred, {old: old_raw, new: new_raw})
                 self._put(w, pred, p2)
-                upgraded = size - len(p2)
+                with self._lock:
+                    self.rep.upgraded += 1
+                    self.rep.bytes_before += size - len(p2)
+        return old_raw, new_raw
+
+    def _follow(self, w, dtype, fl, new, old, old_raw, new_raw) -> None:
+        """The floating root becomes a delta against the new head (its depth stays 1), or,
+        once that no longer pays against a keyframe, a keyframe for good (it is *pinned*:
+        the next run to close becomes the new floating root)."""
+        repo = self.repo
+        bases = {} if old_raw is None else {old: old_raw}
+        fl_raw = _decode(repo, fl, bases)
+        new_raw = _verified(repo, new) if new_raw is None else new_raw
+        payload, codec, _d = codecs.encode_block(fl_raw, dtype, self.t.zstd_level, new_raw, new,
+                                                 0, 256, flags=codecs.REVERSE | codecs.FLOATING)
+        _check(payload, fl, {new: new_raw})
+        self._replace(w, fl, payload)
+        with self._lock:
+            self.rep.followed += 1
+            if not codecs.REGISTRY[codec].is_delta:
+                self.rep.pinned += 1
+
+    def _replace(self, w, oid: str, payload: bytes) -> None:
+        before = self.store.size_of(oid)
+        self._put(w, oid, payload)
         with self._lock:
             self.rep.blocks += 1
             self.rep.bytes_before += before
             self.rep.bytes_after += len(payload)
-            if upgraded:
-                self.rep.upgraded += 1
-                self.rep.bytes_before += upgraded
 
+    def _floating_root(self, pred: str, pred_tid: Optional[str], index: int,
+                       pos: int) -> Optional[str]:
+        """The lineage's floating root, found below the run under the old head: the block
+        ``pos`` versions down is the floating root itself, or an anchor against it (or against
+        a pinned root, a keyframe: then there is none)."""
+        repo = self.repo
+        b, tid = pred, pred_tid
+        try:
+            for _ in range(pos - 1):
+                tid = repo.tensor_manifest(tid).get("prev")
+                if tid is None:
+                    return None
+                b = repo.tensor_manifest(tid)["blocks"][index][0]
+            h = repo.block_header(b)
+            if h.floating:
+                return b
+            if h.is_delta and not h.reverse:
+                base = h.base_ids[0]
+                if repo.block_header(base).floating:
+                    return base
+        except (CorafsError, IndexError, KeyError, ValueError, TypeError):
+            return None
+        return None
 
     def _compress(self, w, oid: str, dtype: str, h, raw=None) -> None:
         """A block that stays a keyframe but is no longer a head's: stored raw for reading
@@ -447,31 +580,6 @@ class _Job:
             self.rep.compressed += 1
             self.rep.bytes_before += h.raw_len
             self.rep.bytes_after += len(payload)
-
-    def _root(self, tid: Optional[str], index: int, old: str) -> Optional[str]:
-        """The keyframe below a full run: walk the run down through the tensor manifests'
-        ``prev`` to the block under its oldest delta, a keyframe (the root) or an earlier
-        run's closing far delta (whose base is the root)."""
-        repo = self.repo
-        for _ in range(4 * self.t.max_delta_depth):
-            if tid is None:
-                return None
-            try:
-                tm = repo.tensor_manifest(tid)
-                b = tm["blocks"][index][0]
-                h = repo.block_header(b)
-            except (CorafsError, IndexError, ValueError):
-                return None
-            if not h.is_delta:
-                return b if b != old else None
-            if not h.reverse:                       # an earlier run's closing far delta
-                root = h.base_ids[0]
-                try:
-                    return root if not repo.block_header(root).is_delta else None
-                except (CorafsError, ValueError):
-                    return None
-            tid = tm.get("prev")
-        return None
 
 
 class _WriteFailed(Exception):

@@ -767,6 +767,11 @@ class Repository:
         return self._reencoder.wait(timeout)
 
     # -- inspection -------------------------------------------------------------------------------
+    def reencode_history(self, cancel=None) -> "headfirst.HistoryReport":
+        """Re-encode the whole history with the current scheme (``corafs repack
+        --reencode``): see ``headfirst.reencode_history``."""
+        return headfirst.reencode_history(self, cancel)
+
     def fsck(self, on_progress=None, repair: bool = False):
         from .fsck import fsck
         return fsck(self, on_progress, repair)

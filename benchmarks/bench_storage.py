@@ -19,7 +19,8 @@ stores the same bytes). Columns, as ratios of the files' total to what is stored
     delta against the previous): what bounded depth costs against no bound;
   * reference: each file XORed with the previous version, byte planes, xz (preset 9);
   * xz -9 per file.
-The last two run xz on a 1/32 sample of every file (the same 1 MiB slices of every version),
+The last two run xz on a 1/32 sample of every file (the same 128 KiB slices, one every 4 MiB,
+of every version),
 since xz -9 takes minutes per file here; the ratio of the sample stands for the file's.
 
   python benchmarks/bench_storage.py [--ckpts /tmp/corafs-ckpts] [--only 10-fp32,...]
@@ -45,7 +46,7 @@ from transformer_run import generate  # noqa: E402
 from corafs import Repository  # noqa: E402
 from corafs.config import DEFAULT  # noqa: E402
 
-SLICE = 1 << 20
+SLICE = 128 << 10
 EVERY = 32
 
 

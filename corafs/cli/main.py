@@ -403,14 +403,15 @@ def _show_file(repo, path, e):
 
 
 def _stored_as(repo, tm: dict, memo: dict) -> str:
-    """How a tensor's blocks are stored now (from their headers): keyframe, delta or reverse
-    delta, the codecs, and the longest chain a read decodes through."""
+    """How a tensor's blocks are stored now (from their headers): keyframe, delta, reverse
+    delta or floating root, the codecs, and the longest chain a read decodes through."""
     from ..core.stats import chain_depth
     kinds, names, depth = set(), set(), 0
     for b in tm["blocks"]:
         h = repo.block_header(b[0])
         names.add(h.codec)
-        kinds.add("reverse delta" if h.reverse else "delta" if h.is_delta else "keyframe")
+        kinds.add("floating root" if h.floating else "reverse delta" if h.reverse
+                  else "delta" if h.is_delta else "keyframe")
         depth = max(depth, chain_depth(repo, b[0], memo))
     return f"{'+'.join(sorted(kinds))} ({','.join(sorted(names))})" + \
         (f" depth {depth}" if depth else "")

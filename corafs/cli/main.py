@@ -646,7 +646,8 @@ def cmd_stats(a):
             ("on disk", f"{s.disk_bytes}  ({fmt.size(s.disk_bytes)})"),
             ("ratio (logical / on disk)", f"{s.ratio:.2f}x"),
             ("data objects", f"{s.objects} ({s.keyframes} keyframes, {s.deltas} deltas, "
-                             f"{s.reverse_deltas} of them reverse)"),
+                             f"{s.reverse_deltas} of them reverse, {s.floating_roots} "
+                             f"floating roots)"),
             ("delta depth", f"max {s.max_depth}, mean {s.mean_depth:.1f}; branch heads and "
                             f"tags max {s.head_max_depth}"),
             ("re-encoding queued", f"{s.pending_jobs} commit(s)" +

@@ -22,6 +22,7 @@ class Stats:
     keyframes: int = 0
     deltas: int = 0
     reverse_deltas: int = 0       # deltas against a newer version (head-first encoding)
+    floating_roots: int = 0       # of those, deltas against a lineage's head (codecs.FLOATING)
     max_depth: int = 0            # longest delta chain any block decodes through
     mean_depth: float = 0.0
     head_max_depth: int = 0       # the same over the blocks of branch heads and tags only
@@ -65,6 +66,7 @@ def stats(repo) -> Stats:
         if h.is_delta:
             st.deltas += 1
             st.reverse_deltas += h.reverse
+            st.floating_roots += h.floating
         else:
             st.keyframes += 1
     depths = [chain_depth(repo, oid, memo) for oid in objs]

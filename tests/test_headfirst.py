@@ -309,18 +309,24 @@ def test_depth_bound_is_used_and_the_head_is_the_only_keyframe(tmp_path, work, d
 
 
 def test_floating_root_is_pinned_when_a_delta_no_longer_pays(tmp_path, work):
-    """When the weights move so far that the floating root no longer pays as a delta against
-    the head, it becomes a keyframe (pinned) and the next run that closes makes a new floating
-    root; every version stays exact and within the bound."""
+    """Weights that drift (a quarter of the values replaced at each version) keep adjacent
+    versions close but carry the head away from the floating root: once a delta against the
+    head no longer pays, the floating root becomes a keyframe (pinned) and the next run that
+    closes makes a new one; every version stays exact and within the bound."""
     t = dataclasses.replace(SMALL, max_delta_depth=3, head_codec="raw")
     repo = Repository.init(str(tmp_path / "r"), tuning=t)
     try:
         repo.background_reencode = False
-        want, w = {}, None
+        want = {}
+        rng = np.random.default_rng(5)
+        w = rng.standard_normal(1 << 16, dtype=np.float32)
         pinned = 0
-        for v in range(10):
+        for v in range(14):
             p = work / "m.safetensors"
-            w = _version(p, None if v == 6 else w, v)      # v6: new weights altogether
+            w = w.copy()
+            moved = rng.random(w.size) < 0.25
+            w[moved] = rng.standard_normal(int(moved.sum()), dtype=np.float32)
+            safetensors.numpy.save_file({"a": w.reshape(-1, 128)}, str(p))
             want[repo.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
             pinned += repo.reencode().pinned
             depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in want]
@@ -381,3 +387,29 @@ def test_repack_reencode_brings_a_forward_repository_to_the_current_scheme(tmp_p
             len(set(_blocks(repo, "side:model.safetensors"))), depths
         _all_exact(repo, want)
         assert repo.fsck().ok
+
+
+def test_floating_root_stays_put_when_the_old_head_stays_whole(tmp_path, work):
+    """When the old head stays a keyframe (here: the version below it was tagged after the
+    fact, so the run may not grow over it), the floating root must stay a delta against that
+    keyframe instead of following the new head: below a keyframe, later jobs cannot find it
+    to follow it again, and its run would sink one level per commit."""
+    depth = 3
+    t = dataclasses.replace(SMALL, max_delta_depth=depth, head_codec="raw")
+    repo = Repository.init(str(tmp_path / "r"), tuning=t)
+    try:
+        repo.background_reencode = False
+        want, w = {}, None
+        for v in range(12):
+            p = work / "m.safetensors"
+            w = _version(p, w, v)
+            want[repo.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
+            repo.reencode()
+            if v == 6:
+                repo.create_tag("late", list(want)[-2])     # a version already a delta
+            depths = [max(_depths(repo, f"{c}:model.safetensors")) for c in want]
+            assert max(depths) <= depth, (v, depths)
+        _all_exact(repo, want)
+        assert repo.fsck().ok
+    finally:
+        repo.close()

@@ -455,21 +455,28 @@ class _Job:
                 h_pred = None
         fl = self._floating_root(pred, pred_tid, index, pos) if pred is not None else None
         old_raw = new_raw = None
-        if not h_old.is_delta:               # not done yet (a job run again skips it)
-            old_raw, new_raw = self._old_head(w, dtype, old, h_old, new, pos, fl, h_pred,
-                                              pred, pred_tid)
-        if fl is not None and fl != old and repo.block_header(fl).base_ids[:1] != [new]:
+        moved = True                         # done by an earlier run of this job
+        if not h_old.is_delta:
+            old_raw, new_raw, moved = self._old_head(w, dtype, old, h_old, new, pos, fl,
+                                                     h_pred, pred, pred_tid)
+        # the floating root follows the head only when the old head became a delta. One that
+        # stays whole is a keyframe for good, and the floating root stays a delta against
+        # it: below a keyframe no later job would find it to follow it again
+        if moved and fl is not None and fl != old \
+                and repo.block_header(fl).base_ids[:1] != [new]:
             self._follow(w, dtype, fl, new, old, old_raw, new_raw)
 
     def _old_head(self, w, dtype, old, h_old, new, pos, fl, h_pred, pred, pred_tid):
         """The old head (a keyframe) becomes a reverse delta at position ``pos`` of the run
-        below it, or closes the run. Returns the decoded (old, new) blocks it used, if any."""
+        below it, or closes the run. Returns the decoded (old, new) blocks it used, if any,
+        and whether it became a delta (else it stays a keyframe, compressed)."""
         repo = self.repo
         level = self.t.zstd_level
         D = self.t.max_delta_depth
         if h_pred is not None and pred_tid in self.protected():
             # the block below is a head's or a tag's: keep it one delta away
-            return self._compress(w, old, dtype, h_old), None
+            self._compress(w, old, dtype, h_old)
+            return None, None, False
         # where the run closes: the oldest of a run sits at depth D. Under the floating root
         # (depth 1) a run holds D-1 deltas; under an anchor against it (depth 2), D-2.
         close = D - 1 if fl is not None else D
@@ -481,10 +488,11 @@ class _Job:
             with self._lock:
                 self.rep.anchors += 1
             if not codecs.REGISTRY[codec].is_delta:
-                return self._compress(w, old, dtype, h_old, old_raw), None
+                self._compress(w, old, dtype, h_old, old_raw)
+                return old_raw, None, False
             _check(payload, old, {fl: fl_raw})
             self._replace(w, old, payload)
-            return old_raw, None
+            return old_raw, None, True
         new_raw = _verified(repo, new)
         floating = pos >= close             # no floating root below: this one becomes it
         flags = codecs.REVERSE | (codecs.FLOATING if floating else 0)
@@ -492,13 +500,14 @@ class _Job:
                                                  0 if floating else pos - 1, 256, flags=flags)
         if not codecs.REGISTRY[codec].is_delta:
             # a delta does not pay here: stays a keyframe
-            return self._compress(w, old, dtype, h_old, old_raw), new_raw
+            self._compress(w, old, dtype, h_old, old_raw)
+            return old_raw, new_raw, False
         _check(payload, old, {new: new_raw})
         self._replace(w, old, payload)
         if floating:
             with self._lock:
                 self.rep.anchors += 1
-            return old_raw, new_raw
+            return old_raw, new_raw, True
         if h_pred is not None and codecs.REGISTRY[h_pred.codec].bases == 1 \
                 and not (self.cancel is not None and self.cancel.is_set()):
             # the block below was a first-order delta against the old head: second order
@@ -514,7 +523,7 @@ class _Job:
                 with self._lock:
                     self.rep.upgraded += 1
                     self.rep.bytes_before += size - len(p2)
-        return old_raw, new_raw
+        return old_raw, new_raw, True
 
     def _follow(self, w, dtype, fl, new, old, old_raw, new_raw) -> None:
         """The floating root becomes a delta against the new head (its depth stays 1), or,

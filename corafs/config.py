@@ -46,6 +46,9 @@ class Tuning:
     #: after re-encoding, a pack is rewritten (superseded encodings dropped) once at least
     #: this fraction of its bytes is superseded.
     repack_waste: float = 0.25
+    #: ... and packs with less are rewritten, the most superseded first, while all such packs
+    #: together hold more than this fraction of the repository's bytes.
+    repack_waste_total: float = 0.03
     #: worker threads for hashing / encoding / decoding (numpy and zstd release the GIL).
     workers: int = 2
     #: bytes of decoded blocks kept by a Repository's read cache.

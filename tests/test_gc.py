@@ -188,3 +188,41 @@ def test_a_running_mount_reads_and_writes_across_a_gc(tmp_path, work):
     with Repository(str(repo)) as r:
         want[f"{r.head('main')}:after.safetensors"] = sha256_file(p)
     _check(repo, want)
+
+
+def test_waste_spread_over_many_packs_is_bounded(tmp_path):
+    """The repack that follows re-encoding rewrites a pack once a quarter of it is superseded
+    (repack_waste), and also bounds what packs under that threshold hold together
+    (repack_waste_total): ten packs each 10% superseded are rewritten, the most wasteful first,
+    until what is left is under 3% of the repository."""
+    from corafs import codecs
+    from corafs.core.gc import repack
+    from corafs.core.objects import data_id
+    repo = Repository.init(str(tmp_path / "r"))
+    try:
+        rng = np.random.default_rng(0)
+        blocks = []
+        for _p in range(10):
+            w = repo.store.writer()
+            for _i in range(10):
+                raw = rng.integers(0, 256, 64 << 10, dtype=np.uint8)
+                oid = data_id(raw)
+                w.put(oid, codecs.encode_block(raw, "U8", 1, codec="raw")[0])
+                blocks.append((oid, raw))
+            w.commit()
+        w = repo.store.writer()                      # a newer copy of one object a pack
+        for oid, raw in blocks[::10]:
+            w.put(oid, codecs.encode_block(raw, "U8", 1, codec="zstd")[0])
+        w.commit()
+        before = repo.store.stored_bytes()
+        rep = repack(repo, collect=False, grace=0.0, min_waste=repo.tuning.repack_waste,
+                     consolidate=False)
+        assert rep.packs_rewritten >= 7, rep         # 10% each: only the total bound applies
+        superseded = sum(len(codecs.encode_block(r, "U8", 1, codec="raw")[0])
+                         for _o, r in blocks[::10])
+        left = repo.store.stored_bytes() - (before - superseded)
+        assert left <= 0.03 * before + (64 << 10), (left, before)
+        for oid, raw in blocks:
+            assert bytes(repo.decoder.raw(oid)) == raw.tobytes()
+    finally:
+        repo.close()

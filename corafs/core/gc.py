@@ -250,6 +250,7 @@ def _plan(repo, packs: dict, marks: set[str], grace: float, min_waste: float = 0
     target = store.tuning.pack_target
     plan = {}
     small = []
+    below = []              # packs with some waste, under min_waste of their bytes
     for name, p in packs.items():
         if now - p["mtime"] < grace:
             continue
@@ -263,10 +264,24 @@ def _plan(repo, packs: dict, marks: set[str], grace: float, min_waste: float = 0
                 kept.add(oid)
             else:
                 drop.append((oid, int(ln)))
-        if drop and sum(n for _o, n in drop) >= min_waste * p["bytes"]:
+        waste = sum(n for _o, n in drop)
+        if drop and waste >= min_waste * p["bytes"]:
             plan[name] = (keep, drop)
-        elif not drop and consolidate and p["bytes"] < target // 4:
+        elif drop:
+            below.append((waste / max(1, p["bytes"]), waste, name, keep, drop))
+        elif consolidate and p["bytes"] < target // 4:
             small.append((name, keep))
+    # the waste left in packs that each hold little of it is bounded for the repository as a
+    # whole: the most wasteful are rewritten until what is left is under the bound (each
+    # re-encoding supersedes a little of the previous one's pack: a floating root, an upgrade)
+    total = sum(p["bytes"] for p in packs.values())
+    left = sum(w for _f, w, *_ in below)
+    bound = store.tuning.repack_waste_total * total
+    for _frac, waste, name, keep, drop in sorted(below, key=lambda x: x[0], reverse=True):
+        if left <= bound:
+            break
+        plan[name] = (keep, drop)
+        left -= waste
     if len(small) + len(plan) > 1:                 # consolidate small packs as well
         for name, keep in small:
             plan[name] = (keep, [])

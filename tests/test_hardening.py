@@ -14,7 +14,7 @@ import safetensors.numpy
 
 from conftest import SMALL, run_cli, sha256_file
 from corafs import Repository
-from corafs.core import headfirst
+from corafs.core import headfirst, maintenance
 from corafs.daemon import MountLock
 from corafs.view import health
 from corafs.view.journal import Journal
@@ -182,7 +182,7 @@ def test_fsck_holds_the_lease_that_pack_replacement_needs(repo, work):
     def probe(_n):
         if not seen:
             def other():
-                with headfirst.lock(repo, blocking=False) as got:
+                with maintenance.lock(repo, blocking=False) as got:
                     seen.append(got)
             t = threading.Thread(target=other)
             t.start()
@@ -191,7 +191,7 @@ def test_fsck_holds_the_lease_that_pack_replacement_needs(repo, work):
     assert repo.fsck(on_progress=probe).ok
     assert seen == [False]
     repo.wait_reencode()              # the re-encoder that waited for fsck has its turn
-    with headfirst.lock(repo, blocking=False) as got:       # released afterwards
+    with maintenance.lock(repo, blocking=False) as got:       # released afterwards
         assert got
 
 

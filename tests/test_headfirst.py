@@ -14,8 +14,7 @@ import safetensors.numpy
 
 from conftest import SMALL, run_cli, sha256_bytes, sha256_file
 from corafs import Repository
-from corafs.core import headfirst
-from corafs.core import headfirst
+from corafs.core import headfirst, maintenance
 from corafs.core.stats import chain_depth
 from mountutil import mounted, needs_fuse, settled, wait_for
 
@@ -366,13 +365,13 @@ def test_repack_reencode_brings_a_forward_repository_to_the_current_scheme(tmp_p
     t = dataclasses.replace(fwd, head_first=True)
     with Repository(path, tuning=t) as repo:
         # killed after the blocks were written whole, before the jobs ran
-        real = headfirst.run_pending
-        headfirst.run_pending = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+        real = maintenance.reencode
+        maintenance.reencode = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
         try:
             with pytest.raises(KeyboardInterrupt):
                 repo.reencode_history()
         finally:
-            headfirst.run_pending = real
+            maintenance.reencode = real
         _all_exact(repo, want)
         assert repo.fsck().ok
         assert headfirst.pending(repo)

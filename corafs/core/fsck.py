@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from .. import codecs
 from ..errors import CorafsError
-from . import headfirst, tree
+from . import headfirst, maintenance, tree
 from .objects import META_MAGIC, decode_meta, tensor_hasher
 
 
@@ -54,7 +54,7 @@ class FsckReport:
 
 def fsck(repo, on_progress: Optional[Callable[[int], None]] = None,
          repair: bool = False) -> FsckReport:
-    with headfirst.lock(repo):
+    with maintenance.lock(repo):
         rep = _fsck(repo, on_progress, repair)
         if repair:
             rep.requeued = headfirst.requeue_held(repo)
@@ -65,10 +65,9 @@ def fsck(repo, on_progress: Optional[Callable[[int], None]] = None,
 def _fsck(repo, on_progress, repair: bool) -> FsckReport:
     rep = FsckReport()
     progress = on_progress or (lambda n: None)
-    if hasattr(repo.store, "temporaries"):
-        if repair:
-            rep.repaired = repo.store.clean_temporaries()
-        rep.garbage = repo.store.temporaries()
+    if repair:
+        rep.repaired = repo.store.clean_temporaries()
+    rep.garbage = repo.store.temporaries()
     for what, problem in repo.store.verify():
         rep.problems.append((what, problem))
     verified: set[str] = set()

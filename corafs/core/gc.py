@@ -66,28 +66,20 @@ DEFAULT_REMOTE_GRACE = 900.0
 def repack(repo, collect: bool = False, grace: Optional[float] = None, dry_run: bool = False,
            expire_reflog: Optional[float] = None,
            on_progress: Optional[Callable[[int], None]] = None, min_waste: float = 0.0,
-           consolidate: bool = True, _locked: bool = False) -> GcReport:
-    """Queued head-first re-encoding runs first (its superseded encodings are then dropped
-    too); repack and re-encoding exclude each other (the store's ``reencode`` lease): a copy made
-    by a repack must never bring back an encoding that re-encoding replaced meanwhile."""
+           consolidate: bool = True) -> GcReport:
+    """Rewrite packs (``collect``: dropping what nothing reaches as well). The caller holds
+    the re-encoding lease and has run the queued re-encoding first (core/maintenance.py owns
+    that order): a copy made by a repack must never bring back an encoding that re-encoding
+    replaced meanwhile."""
     store = repo.store
-    if not hasattr(store, "packs"):
-        raise CorafsError("repack/gc: this store does not support it yet")
     if grace is None:
         # on this machine every writer holds the gc lock until its objects are reachable
         # (``ObjectStore.claim``), so the exclusive phase sees them: no pack needs sparing
         # for its age. Machines sharing a bucket hold no lock in common.
         grace = DEFAULT_REMOTE_GRACE if store.shared_by_machines else 0.0
     impl = _repack_remote if store.shared_by_machines else _repack
-    if _locked:
-        return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
-                    consolidate)
-    from . import headfirst
-    if not dry_run:
-        headfirst.run_pending(repo, repack=False)
-    with headfirst.lock(repo):
-        return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
-                    consolidate)
+    return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
+                consolidate)
 
 
 def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,

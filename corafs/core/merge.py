@@ -102,13 +102,11 @@ def merge(repo, source: str, into: Optional[str] = None, strategy: str = "fail",
         raise MergeConflict(conflicts)
     if message is None:
         message = f"Merge {source} into {into}" + (f" ({strategy})" if to_write else "")
-    tmpdir = repo.store.objdir if hasattr(repo.store, "objdir") else repo.path
     written: dict[str, str] = {}
     try:
         for path, spec in plans:
-            tmp = (repo.store.token().tmp(os.path.join(tmpdir, "merge"))
-                   if hasattr(repo.store, "token") else
-                   os.path.join(tmpdir, f".merge-{uuid.uuid4().hex}.tmp"))
+            tmp = repo.store.temp_path("merge") or \
+                os.path.join(repo.path, f".merge-{uuid.uuid4().hex}.tmp")
             written[path] = tmp
             _write_file(repo, spec, tmp)
             res.files.append(path)

@@ -26,7 +26,7 @@ from ..errors import (AmbiguousRevision, CorafsError, IngestCancelled, NotARepos
                       NotFound, RefConflict, RefExists, RepositoryExists)
 from ..store import LocalStore, ObjectStore
 from ..store import s3
-from . import headfirst, revparse, settings, tree
+from . import headfirst, maintenance, revparse, settings, tree
 from .ingest import Ingestor, IngestResult
 from .objects import (canonical, decode_meta, decode_tensor_manifest, encode_meta,
                       meta_id)
@@ -111,7 +111,7 @@ class Repository:
         #: head-first re-encoding after each commit: in a background thread (True), or left
         #: queued for ``reencode()`` / the next process (False; the CLI runs it itself)
         self.background_reencode = True
-        self._reencoder = headfirst.Background(self)
+        self._reencoder = maintenance.Background(self)
         #: commit id -> tensor ids its tree holds (commits never change; head-first uses it)
         self.held_tensors_cache: dict[str, set[str]] = {}
 
@@ -750,7 +750,7 @@ class Repository:
         """Run the queued head-first re-encoding now (what earlier commits replaced becomes
         reverse deltas), then rewrite packs of superseded encodings."""
         self._reencoder.wait()
-        return headfirst.run_pending(self, cancel=cancel, blocking=blocking)
+        return maintenance.reencode(self, cancel=cancel, blocking=blocking)
 
     def reencode_in_background(self) -> None:
         """Start the background re-encoder if jobs are queued (a mount does at start)."""
@@ -769,8 +769,8 @@ class Repository:
     # -- inspection -------------------------------------------------------------------------------
     def reencode_history(self, cancel=None) -> "headfirst.HistoryReport":
         """Re-encode the whole history with the current scheme (``corafs repack
-        --reencode``): see ``headfirst.reencode_history``."""
-        return headfirst.reencode_history(self, cancel)
+        --reencode``): see ``maintenance.reencode_history``."""
+        return maintenance.reencode_history(self, cancel)
 
     def fsck(self, on_progress=None, repair: bool = False):
         from .fsck import fsck
@@ -782,8 +782,7 @@ class Repository:
         ``grace`` (seconds): packs younger than this are left alone; None: none on a local
         repository (writers hold the gc lock until their objects are reachable), 15 minutes
         on one shared by machines."""
-        from .gc import repack
-        return repack(self, collect, grace, dry_run, expire_reflog, on_progress)
+        return maintenance.repack(self, collect, grace, dry_run, expire_reflog, on_progress)
 
     def gc(self, grace: Optional[float] = None, dry_run: bool = False,
            expire_reflog: Optional[float] = None, on_progress=None):

@@ -13,10 +13,9 @@ def save_state_dict(repo, branch: str, name: str, state_dict, message: Optional[
     """Save ``state_dict`` as ``name`` on ``branch`` (``.safetensors`` via safetensors, any
     other name via ``torch.save``) and commit it. Returns the CommitResult."""
     store = repo.store
-    if hasattr(store, "token"):      # a temporary the next writer removes if we are killed
-        tmp = store.token().tmp(os.path.join(store.objdir, f"state-{uuid.uuid4().hex[:8]}"))
-    else:
-        tmp = os.path.join(repo.path, f".state-{uuid.uuid4().hex}.tmp")
+    # a temporary the next writer removes if we are killed, where the store keeps files
+    tmp = store.temp_path(f"state-{uuid.uuid4().hex[:8]}") or \
+        os.path.join(repo.path, f".state-{uuid.uuid4().hex}.tmp")
     try:
         if name.endswith(".safetensors"):
             import safetensors.torch

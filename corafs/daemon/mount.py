@@ -308,9 +308,8 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
     repo = Repository(repo_path, tuning=dataclasses.replace(
         DEFAULT, block_cache_bytes=max(64 << 20, opts.cache_size - working),
         workers=DEFAULT.mount_workers, direct_reads=True))
-    if hasattr(repo.store, "clean_temporaries"):
-        for path, n in repo.store.clean_temporaries():   # what a killed writer left
-            log.info("removed %s (%d bytes) left by an interrupted write", path, n)
+    for path, n in repo.store.clean_temporaries():   # what a killed writer left
+        log.info("removed %s (%d bytes) left by an interrupted write", path, n)
     staging = Staging(repo, os.path.join(repo.path, "staging"), opts.commit_delay, opts.author)
     health = Health(staging.root)
     staging.max_file_size = opts.max_file_size

@@ -68,7 +68,9 @@ class ObjectStore(abc.ABC):
     def size_of(self, oid: str) -> int: ...
 
     @abc.abstractmethod
-    def writer(self) -> ObjectWriter: ...
+    def writer(self, gc_lock: bool = True) -> ObjectWriter:
+        """A new batch. It holds the gc lock shared (``claim``) while it writes, unless
+        ``gc_lock`` is False (gc's own copies: gc holds the lock itself)."""
 
     @abc.abstractmethod
     def ids(self) -> Iterator[str]:
@@ -127,6 +129,36 @@ class ObjectStore(abc.ABC):
     def refresh(self) -> None:
         """Take in what other writers stored since the index was loaded (new packs, newer
         copies of objects)."""
+
+    # -- local temporaries (capabilities every store declares; a remote one keeps none) --
+    def token(self):
+        """This process's writer token (``local.WriterToken``): the name its temporary files
+        carry, so that the next writer removes them if this process dies; None for a store
+        that keeps no local files."""
+        return None
+
+    def temp_path(self, stem: str) -> Optional[str]:
+        """A path for a temporary file of this process's (named by its token, removed by the
+        next writer if this process dies), or None: then the caller picks one itself."""
+        return None
+
+    def temporaries(self) -> list[tuple[str, int, bool]]:
+        """(path, size, whether a live writer owns it) of the temporary files interrupted
+        writes left (fsck lists them as garbage)."""
+        return []
+
+    def clean_temporaries(self) -> list[tuple[str, int]]:
+        """Remove the temporaries of writers that are gone; (path, size) of each."""
+        return []
+
+    # -- packs (repack and gc) ----------------------------------------------------------
+    @abc.abstractmethod
+    def packs(self) -> dict[str, dict]:
+        """Pack name -> {"bytes", "mtime", "table"} of every pack."""
+
+    @abc.abstractmethod
+    def location(self, oid: str) -> Optional[tuple]:
+        """(pack, offset, length) of the copy of ``oid`` that reads use, or None."""
 
     def close(self) -> None:
         pass

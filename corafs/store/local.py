@@ -535,6 +535,9 @@ class LocalStore(PackIndex, ObjectStore):
             self.clean_temporaries()
         return self._token
 
+    def temp_path(self, stem: str) -> str:
+        return self.token().tmp(os.path.join(self.objdir, stem))
+
     def temporaries(self) -> list[tuple[str, int, bool]]:
         """(path, size, whether a live writer owns it) of every temporary file."""
         return [(p, n, tok is not None and writer_alive(self.objdir, tok))

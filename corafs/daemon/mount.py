@@ -1,8 +1,9 @@
 """The mount daemon's lifecycle, in a known order: validate (before daemonizing, so errors reach
 the user's terminal), fork, open the repository after the fork (HDF5 and thread pools do not
-survive one), ``pyfuse3.init``, background tasks (ref polling, signals, read-ahead), then
-``pyfuse3.main``. SIGTERM/SIGINT unmount cleanly. After a crash the mount is *not* unmounted:
-a dead mount ("Transport endpoint is not connected") is noticed, an empty directory is not.
+survive one), the FUSE session (``corafs.fuse.session``: the only pyfuse3 calls), background
+tasks (ref polling, signals, read-ahead), then the session's loop. SIGTERM/SIGINT unmount
+cleanly. After a crash the mount is *not* unmounted: a dead mount ("Transport endpoint is not
+connected") is noticed, an empty directory is not.
 """
 from __future__ import annotations
 
@@ -284,10 +285,9 @@ def _tune_malloc(cache_bytes: int) -> None:
 
 
 def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
-    import pyfuse3
     import trio
 
-    from ..fuse import Operations
+    from ..fuse import Operations, session
     from ..view import MountView
 
     from ..view.health import Health
@@ -318,27 +318,13 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         log.warning("recovery: %s", line)
     repo.reencode_in_background()       # head-first work a killed command left queued
     ops = Operations(view)
-    fuse_opts = set(pyfuse3.default_options)
-    fuse_opts |= {"fsname=corafs", "subtype=corafs"}
-    if opts.allow_other:
-        fuse_opts |= {"allow_other", "default_permissions"}
-    if opts.debug:
-        fuse_opts.add("debug")
-    try:
-        pyfuse3.init(ops, mp, fuse_opts)
-    except RuntimeError as e:
-        hint = ""
-        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-            hint = ": /dev/fuse is not readable and writable by this user"
-        elif opts.allow_other and os.getuid() != 0:
-            hint = ": --allow-other needs 'user_allow_other' in /etc/fuse.conf"
-        raise CorafsError(f"cannot mount {mp} ({e}){hint}") from None
+    session.start(ops, mp, opts.allow_other, opts.debug)
     clean = False
     try:
         trio.run(_main, ops, health, mp, opts, ready_fd)
         clean = True
     finally:
-        pyfuse3.close(unmount=clean)
+        session.close(unmount=clean)
         if clean:                  # unmount commits at once; a crash leaves the journal
             staging.stop = threading.Event()
             timer = threading.Timer(opts.unmount_timeout, staging.stop.set)
@@ -361,15 +347,16 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
 
 
 async def _main(ops, health, mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
-    import pyfuse3
     import trio
+
+    from ..fuse import session
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals)
         nursery.start_soon(_refresher, ops, health, opts.refresh_interval)
         nursery.start_soon(_ready, mp, opts, ready_fd)
         nursery.start_soon(_committer, ops, health)
-        await pyfuse3.main()
+        await session.main()
         # background ingests stop now (their threads are abandoned, not waited for); the
         # unmount commit that follows has its own, bounded, time
         ops.staging.stop.set()
@@ -377,13 +364,14 @@ async def _main(ops, health, mp: str, opts: MountOptions, ready_fd: Optional[int
 
 
 async def _signals() -> None:
-    import pyfuse3
     import trio
+
+    from ..fuse import session
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
         async for sig in sigs:
             log.info("signal %s: unmounting", sig)
-            pyfuse3.terminate()
+            session.stop()
             return
 
 
@@ -393,7 +381,7 @@ async def _ready(mp: str, opts: MountOptions, ready_fd: Optional[int]) -> None:
     # a stat through the mount proves the kernel handshake is done
     st = await trio.to_thread.run_sync(os.stat, mp)
     bdi = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    # read-ahead: 1 MiB doubled cold FUSE throughput (BRIEF); max_ratio: FUSE connections may
+    # read-ahead: 1 MiB doubled cold FUSE throughput (docs/mount.md); max_ratio: FUSE connections may
     # hold only 1% of the dirty-page budget, which throttles writes through the writeback cache
     for name, value in (("read_ahead_kb", opts.read_ahead_kb), ("max_ratio", 40)):
         if not value:

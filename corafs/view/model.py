@@ -1,4 +1,4 @@
-"""The mount tree as a pure model over a Repository: no pyfuse3 here (BRIEF section 2).
+"""The mount tree as a pure model over a Repository: no pyfuse3 here (docs/mount.md).
 
 ::
 

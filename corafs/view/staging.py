@@ -1,4 +1,4 @@
-"""Writing into branch directories (BRIEF section 3): the live trees of the branches, the spool
+"""Writing into branch directories (docs/mount.md): the live trees of the branches, the spool
 files that hold written data, the journal, ingest, commits and crash recovery. Pure model, no
 pyfuse3: every operation takes and returns live nodes (``corafs.view.live``) and raises
 ``OSError`` with the errno a local disk would give.

@@ -49,6 +49,13 @@ class Tuning:
     #: ... and packs with less are rewritten, the most superseded first, while all such packs
     #: together hold more than this fraction of the repository's bytes.
     repack_waste_total: float = 0.03
+    #: seconds a pack of a repository shared by machines (S3) is spared by gc: a writer on
+    #: another machine may be uploading for a commit that will refer to it.
+    remote_grace: float = 900.0
+    #: a mount stores files smaller than this together, up to ``batch_files`` at a time
+    #: (one pack, one fsync), bigger ones one by one.
+    batch_file_limit: int = 64 << 20
+    batch_files: int = 512
     #: worker threads for hashing / encoding / decoding (numpy and zstd release the GIL).
     workers: int = 2
     #: bytes of decoded blocks kept by a Repository's read cache.

@@ -58,9 +58,6 @@ class GcReport:
         return self.bytes_before - self.bytes_after
 
 
-#: seconds a pack of a repository shared by machines is spared by gc: a writer on another
-#: machine may be uploading for a commit that will refer to it
-DEFAULT_REMOTE_GRACE = 900.0
 
 
 def repack(repo, collect: bool = False, grace: Optional[float] = None, dry_run: bool = False,
@@ -76,7 +73,7 @@ def repack(repo, collect: bool = False, grace: Optional[float] = None, dry_run: 
         # on this machine every writer holds the gc lock until its objects are reachable
         # (``ObjectStore.claim``), so the exclusive phase sees them: no pack needs sparing
         # for its age. Machines sharing a bucket hold no lock in common.
-        grace = DEFAULT_REMOTE_GRACE if store.shared_by_machines else 0.0
+        grace = store.tuning.remote_grace if store.shared_by_machines else 0.0
     impl = _repack_remote if store.shared_by_machines else _repack
     return impl(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste,
                 consolidate)

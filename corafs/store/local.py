@@ -508,10 +508,6 @@ class LocalStore(PackIndex, ObjectStore):
     def location(self, oid: str) -> Optional[tuple[str, int, int]]:
         return self._index.get(oid)
 
-    def raw_object(self, oid: str) -> bytes:
-        """The stored payload of an object (its encoding, as is)."""
-        return self.get(oid)
-
     def remove_packs(self, names) -> int:
         """Delete packs (after their live objects were copied elsewhere). Readers holding a
         pack open keep reading it; others find it gone and reload the index."""

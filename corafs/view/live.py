@@ -339,13 +339,6 @@ class Forest:
                 return True
         return False
 
-    def staged_nodes(self, branch: Optional[str] = None) -> Iterator[LiveNode]:
-        for b, bt in self.trees.items():
-            if branch is None or b == branch:
-                for n in self.subtree(bt.root):
-                    if n.staged is not None:
-                        yield n
-
     # -- merging another writer's changes --------------------------------------------------------
     def reconcile(self, branch: str, old_tree: str, new_commit: str) -> None:
         """Move the branch's live tree from ``old_tree`` to the commit ``new_commit``, keeping

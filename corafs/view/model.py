@@ -28,14 +28,14 @@ from typing import Optional
 from ..core import tree as treemod
 from ..core.revparse import is_hex_prefix
 from ..errors import CorafsError, NotFound
+from .live import LIVE_TTL
 from .staging import Staging
 
 ROOT_INODE = 1
 SPECIAL = ("@tags", "@commits", "@history")
 
-#: how long the kernel may cache entries and attributes
+#: how long the kernel may cache entries and attributes (LIVE_TTL: of the live trees)
 IMMUTABLE_TTL = 3600.0
-LIVE_TTL = 1.0
 
 
 @dataclasses.dataclass

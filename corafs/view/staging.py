@@ -34,9 +34,6 @@ from .live import (CLOSED, DURABLE, EMPTY_TREE, FAILED, INGESTED, OPEN, Forest, 
 
 log = logging.getLogger("corafs.staging")
 
-#: files smaller than this are stored together, up to BATCH_FILES at a time
-BATCH_FILE_LIMIT = 64 << 20
-BATCH_FILES = 512
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -345,9 +342,6 @@ class Staging:
             self._record_node(n)
             return s, fd
 
-    def wrote(self, n: LiveNode) -> None:
-        n.mtime_ns = time.time_ns()
-
     def release(self, n: LiveNode, s: Staged) -> bool:
         """A writer closed. Returns True when the file is now ready to ingest."""
         with self.lock:
@@ -445,11 +439,12 @@ class Staging:
             if branch is None or n.branch == branch:
                 by_branch.setdefault(n.branch, []).append(n)
         for b, nodes in by_branch.items():
-            small = [n for n in nodes if n.size < BATCH_FILE_LIMIT]
-            for i in range(0, len(small), BATCH_FILES):
-                self._ingest_batch(b, small[i:i + BATCH_FILES])
+            t = self.repo.tuning
+            small = [n for n in nodes if n.size < t.batch_file_limit]
+            for i in range(0, len(small), t.batch_files):
+                self._ingest_batch(b, small[i:i + t.batch_files])
             for n in nodes:
-                if n.size >= BATCH_FILE_LIMIT:
+                if n.size >= t.batch_file_limit:
                     self._ingest_batch(b, [n])
 
     def _ingest_batch(self, branch: str, nodes: list[LiveNode]) -> None:
@@ -802,15 +797,6 @@ class Staging:
                     _unlink(p)
                     removed.append(p)
             return removed
-
-
-def _with_attrs(entry: dict, row: dict) -> dict:
-    e = {k: v for k, v in entry.items() if k not in ("mode", "mtime_ns")}
-    if row.get("mode") not in (None, live.DEFAULT_FILE_PERM):
-        e["mode"] = row["mode"]
-    if row.get("mtime_ns") is not None:
-        e["mtime_ns"] = row["mtime_ns"]
-    return e
 
 
 def _unlink(path: Optional[str]) -> None:

@@ -25,7 +25,7 @@ from ..config import DEFAULT, Tuning
 from ..errors import (AmbiguousRevision, CorafsError, IngestCancelled, NotARepository,
                       NotFound, RefConflict, RefExists, RepositoryExists)
 from ..store import LocalStore, ObjectStore
-from ..store import s3
+from ..store import faults, s3
 from . import headfirst, maintenance, revparse, settings, tree
 from .ingest import Ingestor, IngestResult
 from .objects import (canonical, decode_meta, decode_tensor_manifest, encode_meta,
@@ -101,7 +101,7 @@ class Repository:
         #: the caller's tuning with the repository's own encoding settings (corafs config)
         self._given_tuning = tuning
         self.tuning = tuning = settings.apply(tuning, self.config)
-        self.store = store if store is not None else LocalStore(self.path, tuning)
+        self.store = faults.wrap(store if store is not None else LocalStore(self.path, tuning))
         self.cache = BlockCache(tuning.block_cache_bytes)
         self.decoder = Decoder(self.store, self.cache)
         self._meta: "collections.OrderedDict[str, dict]" = collections.OrderedDict()

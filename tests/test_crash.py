@@ -15,7 +15,7 @@ import pytest
 import safetensors.numpy
 
 from corafs import Repository
-from corafs.store.faults import EVENTS, FAULT_EXIT
+from corafs.store.faults import FAULT_EXIT
 from conftest import sha256_bytes, sha256_file
 
 
@@ -39,7 +39,7 @@ def _commit(repo_path, src, msg, fault=None):
                           text=True, env=env)
 
 
-@pytest.mark.parametrize("event", EVENTS)
+@pytest.mark.parametrize("event", ("put", "seal", "ref"))
 def test_a_commit_killed_at_every_step_keeps_the_repository_consistent(tmp_path, event):
     """The same commit (of a second version, so it re-encodes the first) from the same
     repository state, stopped before its n-th step of one kind, for every n."""

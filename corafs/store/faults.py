@@ -7,6 +7,7 @@ event of that kind would happen:
   put   an object added to a batch (``ObjectWriter.put``)
   seal  a batch made durable and visible (``ObjectWriter.commit``)
   ref   a ref moved (``ObjectStore.cas_ref``)
+  drop  packs deleted by a repack or gc (``remove_packs``)
 
 A test runs a command with n = 1, 2, ... until it exits 0 (the fault was past its last event),
 so every step is hit once, whatever the machine's speed. Without the variable, ``wrap`` returns
@@ -22,7 +23,7 @@ from .base import ObjectStore, ObjectWriter
 
 #: the exit status of a process the fault stopped
 FAULT_EXIT = 86
-EVENTS = ("put", "seal", "ref")
+EVENTS = ("put", "seal", "ref", "drop")
 
 
 class _Plan:
@@ -77,6 +78,10 @@ class FaultStore:
     def cas_ref(self, name: str, expected: Optional[str], new: Optional[str]) -> None:
         self.plan.step("ref")
         self.inner.cas_ref(name, expected, new)
+
+    def remove_packs(self, names) -> int:
+        self.plan.step("drop")
+        return self.inner.remove_packs(names)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

@@ -7,27 +7,24 @@ head and the swap retried, so concurrent writers never lose a commit."""
 from __future__ import annotations
 
 import collections
-import dataclasses
 import getpass
 import json
 import logging
 import os
-import re
 import socket
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Optional
 
 from .. import codecs
 from ..config import DEFAULT, Tuning
-from ..errors import (AmbiguousRevision, CorafsError, IngestCancelled, NotARepository,
-                      NotFound, RefConflict, RefExists, RepositoryExists)
+from ..errors import CorafsError, NotARepository, NotFound, RepositoryExists
 from ..store import LocalStore, ObjectStore
 from ..store import faults, s3
-from . import headfirst, maintenance, revparse, settings, tree
-from .ingest import Ingestor, IngestResult
+from . import headfirst, history, maintenance, refs, revparse, settings, tree, writes
+from .history import Commit
+from .ingest import IngestResult
+from .writes import CommitResult
 from .objects import (canonical, decode_meta, decode_tensor_manifest, encode_meta,
                       meta_id)
 from .reader import BlockCache, Decoder, FileReader
@@ -36,28 +33,6 @@ from .simindex import SimIndex
 CONFIG = "corafs.json"
 FORMAT = 1
 _log = logging.getLogger("corafs.repository")
-
-
-@dataclasses.dataclass(frozen=True)
-class Commit:
-    id: str
-    tree: str
-    parents: tuple
-    author: str
-    message: str
-    time_ns: int
-    lossy: bool = False
-
-    @property
-    def time(self) -> float:
-        return self.time_ns / 1e9
-
-
-@dataclasses.dataclass
-class CommitResult:
-    commit: Optional[str]           # None if nothing changed
-    files: list[tuple[str, IngestResult]]
-    retries: int = 0
 
 
 def state_dir(spec: str) -> str:
@@ -284,275 +259,100 @@ class Repository:
 
     # -- refs -------------------------------------------------------------------------------
     def branches(self) -> dict[str, str]:
-        return {k[len("heads/"):]: v for k, v in self.store.list_refs("heads/").items()}
+        return refs.branches(self)
 
     def tags(self) -> dict[str, str]:
         """Tag name -> commit id (annotated tags peeled)."""
-        return {k[len("tags/"):]: self._peel(v) for k, v in self.store.list_refs("tags/").items()}
+        return refs.tags(self)
 
     def tag_info(self, name: str) -> dict:
-        oid = self.store.get_ref(f"tags/{name}")
-        if oid is None:
-            raise NotFound("tag", name)
-        return self.get_meta(oid)
+        return refs.tag_info(self, name)
 
     def _peel(self, oid: str) -> str:
-        obj = self.get_meta(oid)
-        return obj["commit"] if obj.get("type") == "tag" else oid
+        return refs.peel(self, oid)
 
     def head(self, branch: str) -> str:
-        cid = self.store.get_ref(f"heads/{branch}")
-        if cid is None:
-            raise NotFound("branch", branch)
-        return cid
+        return refs.head(self, branch)
 
     def create_branch(self, name: str, rev: Optional[str] = None) -> str:
-        revparse.check_ref_name(name)
-        cid = self.resolve(rev or self.default_branch)
-        try:
-            self._move_ref(f"heads/{name}", None, cid,
-                           f"branch: created from {rev or self.default_branch}")
-        except RefConflict:
-            raise RefExists(f"branch {name}") from None
-        return cid
+        return refs.create_branch(self, name, rev)
 
     def delete_branch(self, name: str) -> None:
-        if name == self.default_branch:
-            raise CorafsError(f"cannot delete the default branch {name}")
-        cid = self.head(name)
-        self._move_ref(f"heads/{name}", cid, None, "branch: deleted")
+        return refs.delete_branch(self, name)
 
     def reset_branch(self, name: str, rev: str) -> str:
         """Move branch ``name`` to ``rev`` whatever it points at now (creating it if needed):
         `corafs branch REPO NAME REV --force`. The old head stays in the reflog."""
-        revparse.check_ref_name(name)
-        cid = self.resolve(rev)
-        for _ in range(20):
-            cur = self.store.get_ref(f"heads/{name}")
-            try:
-                self._move_ref(f"heads/{name}", cur, cid, f"reset: moving to {rev}")
-                return cid
-            except RefConflict:
-                continue
-        raise RefConflict(f"heads/{name}", None, self.store.get_ref(f"heads/{name}"))
+        return refs.reset_branch(self, name, rev)
 
     def undelete_branch(self, name: str) -> str:
         """Recreate a deleted branch at the commit it pointed to when it was deleted."""
-        for e in self.reflog(f"heads/{name}"):
-            if e["new"] is None and e["old"]:
-                try:
-                    self._move_ref(f"heads/{name}", None, e["old"], "branch: undeleted")
-                except RefConflict:
-                    raise RefExists(f"branch {name}") from None
-                return e["old"]
-        raise NotFound("deleted branch in the reflog", name)
+        return refs.undelete_branch(self, name)
 
     # -- reflog ---------------------------------------------------------------------------------
     def _move_ref(self, ref: str, expected: Optional[str], new: Optional[str], action: str,
                   author: Optional[str] = None) -> None:
         """The one way refs move: compare-and-swap, then a reflog line."""
-        self.store.cas_ref(ref, expected, new)
-        prog = os.path.basename(sys.argv[0]) if sys.argv else "python"
-        if prog in ("corafs", "__main__.py"):
-            prog = "corafs"
-        command = " ".join([prog, *sys.argv[1:]])[:300]
-        line = json.dumps({"old": expected, "new": new, "time_ns": time.time_ns(),
-                           "author": author or self.default_author(), "action": action[:300],
-                           "command": command, "pid": os.getpid()}, sort_keys=True)
-        try:
-            self.store.append_reflog(ref, line)
-        except (OSError, CorafsError):
-            pass        # the move happened; a reflog line lost to a full disk is not damage
+        return refs.move_ref(self, ref, expected, new, action, author)
 
     def reflog(self, ref: str) -> list[dict]:
         """Moves of ``ref`` ("heads/main", "tags/v1"; a bare name means a branch), newest
         first: old, new, time_ns, author, action, command."""
-        if "/" not in ref:
-            ref = f"heads/{ref}"
-        out = []
-        for ln in self.store.read_reflog(ref):
-            try:
-                out.append(json.loads(ln))
-            except ValueError:
-                continue
-        out.reverse()
-        return out
+        return refs.reflog(self, ref)
 
     def reflog_roots(self, now_ns: Optional[int] = None,
                      expire_days: Optional[float] = None) -> set[str]:
         """Commits that reflog entries younger than ``expire_days`` (default:
         ``reflog_expire_days`` of corafs.json, 90) keep alive: gc must not remove them."""
-        days = float(settings.value(self.config, "reflog_expire_days") if expire_days is None
-                     else expire_days)
-        cutoff = (now_ns or time.time_ns()) - int(days * 86400e9)
-        out: set[str] = set()
-        for ref in self.store.reflog_refs():
-            for ln in self.store.read_reflog(ref):
-                try:
-                    e = json.loads(ln)
-                except ValueError:
-                    continue
-                if e.get("time_ns", 0) >= cutoff:
-                    for k in ("old", "new"):
-                        oid = e.get(k)
-                        if oid:
-                            out.add(self._peel(oid) if ref.startswith("tags/") else oid)
-        return out
+        return refs.reflog_roots(self, now_ns, expire_days)
 
     def create_tag(self, name: str, rev: Optional[str] = None, message: str = "") -> str:
-        revparse.check_ref_name(name, "tag")
-        cid = self.resolve(rev or self.default_branch)
-        with self.store.claim():             # until the ref holds the tag object
-            with self.store.writer() as w:
-                oid = self.put_meta(w, {"type": "tag", "name": name, "commit": cid,
-                                        "message": message, "tagger": self.default_author(),
-                                        "time_ns": time.time_ns()})
-            try:
-                self._move_ref(f"tags/{name}", None, oid, f"tag: {rev or self.default_branch}")
-            except RefConflict:
-                raise RefExists(f"tag {name}") from None
-        return cid
+        return refs.create_tag(self, name, rev, message)
 
     def delete_tag(self, name: str) -> None:
-        oid = self.store.get_ref(f"tags/{name}")
-        if oid is None:
-            raise NotFound("tag", name)
-        self._move_ref(f"tags/{name}", oid, None, "tag: deleted")
+        return refs.delete_tag(self, name)
 
     # -- commits and revisions ------------------------------------------------------------------
     def commit_obj(self, cid: str) -> Commit:
-        o = self.get_meta(cid)
-        if o.get("type") != "commit":
-            raise NotFound("commit", cid)
-        return Commit(cid, o["tree"], tuple(o["parents"]), o["author"], o["message"],
-                      o["time_ns"], o.get("lossy", False))
+        return history.commit_obj(self, cid)
 
     def _put_commit(self, writer, tree_id, parents, message, author, lossy=False) -> str:
-        obj = {"type": "commit", "tree": tree_id, "parents": list(parents), "author": author,
-               "message": message, "time_ns": time.time_ns()}
-        if lossy:
-            obj["lossy"] = True
-        return self.put_meta(writer, obj)
+        return history.put_commit(self, writer, tree_id, parents, message, author, lossy)
 
     def all_commits(self) -> set[str]:
         """Every commit reachable from a branch or tag."""
-        seen: set[str] = set()
-        stack = list(self.branches().values()) + list(self.tags().values())
-        while stack:
-            c = stack.pop()
-            if c in seen:
-                continue
-            seen.add(c)
-            stack.extend(self.commit_obj(c).parents)
-        return seen
+        return history.all_commits(self)
 
     def resolve(self, rev: str) -> str:
         """A revision string to a full commit id (``main~2``, ``v1^``, ``main@{1}``: where
         main pointed one move ago, from the reflog)."""
-        m = re.match(r"^(.+?)@\{(\d+)\}(.*)$", rev)
-        if m:
-            name, n, rest = m.group(1), int(m.group(2)), m.group(3)
-            entries = self.reflog(name if "/" in name else f"heads/{name}")
-            if n >= len(entries) or not entries[n].get("new"):
-                raise NotFound("revision", rev)
-            base_cid = entries[n]["new"]
-            if name.startswith("tags/"):
-                base_cid = self._peel(base_cid)
-            return self.resolve(base_cid + rest) if rest else base_cid
-        base, ops = revparse.split(rev)
-        cid = self._resolve_name(base)
-        for op, n in ops:
-            if op == "~":
-                for _ in range(n):
-                    parents = self.commit_obj(cid).parents
-                    if not parents:
-                        raise NotFound("revision", rev)
-                    cid = parents[0]
-            else:
-                parents = self.commit_obj(cid).parents
-                if n == 0:
-                    continue
-                if len(parents) < n:
-                    raise NotFound("revision", rev)
-                cid = parents[n - 1]
-        return cid
+        return history.resolve(self, rev)
 
     def _resolve_name(self, name: str) -> str:
-        if not revparse.is_hex_prefix(name):
-            try:
-                revparse.check_ref_name(name)      # never a path: '../../corafs.json'
-            except CorafsError:
-                raise NotFound("revision", name) from None
-        cid = self.store.get_ref(f"heads/{name}")
-        if cid is not None:
-            return cid
-        tag = self.store.get_ref(f"tags/{name}")
-        if tag is not None:
-            return self._peel(tag)
-        if revparse.is_hex_prefix(name):
-            if len(name) == 64 and self.store.has(name):
-                return name
-            matches = sorted(c for c in self.all_commits() if c.startswith(name))
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise AmbiguousRevision(name, matches)
-        raise NotFound("revision", name)
+        return history.resolve_name(self, name)
 
     def log(self, rev: Optional[str] = None, limit: Optional[int] = None) -> list[Commit]:
         """Commits reachable from ``rev``, newest first."""
-        start = self.resolve(rev or self.default_branch)
-        out, seen = [], set()
-        frontier = [self.commit_obj(start)]
-        while frontier and (limit is None or len(out) < limit):
-            frontier.sort(key=lambda c: c.time_ns)
-            c = frontier.pop()
-            if c.id in seen:
-                continue
-            seen.add(c.id)
-            out.append(c)
-            frontier.extend(self.commit_obj(p) for p in c.parents if p not in seen)
-        return out
+        return history.log(self, rev, limit)
 
     def first_parent_history(self, rev: str) -> list[Commit]:
         """The first-parent chain of ``rev``, oldest first."""
-        out = []
-        cid: Optional[str] = self.resolve(rev)
-        while cid is not None:
-            c = self.commit_obj(cid)
-            out.append(c)
-            cid = c.parents[0] if c.parents else None
-        out.reverse()
-        return out
+        return history.first_parent_history(self, rev)
 
     def ancestors(self, cid: str) -> set[str]:
-        seen: set[str] = set()
-        stack = [cid]
-        while stack:
-            c = stack.pop()
-            if c not in seen:
-                seen.add(c)
-                stack.extend(self.commit_obj(c).parents)
-        return seen
+        return history.ancestors(self, cid)
 
     def is_ancestor(self, a: str, b: str) -> bool:
-        return a in self.ancestors(b)
+        return history.is_ancestor(self, a, b)
 
     def merge_bases(self, a: str, b: str) -> list[str]:
         """Every best common ancestor (more than one after criss-cross merges), newest
         first."""
-        ca, cb = self.resolve(a), self.resolve(b)
-        common = self.ancestors(ca) & self.ancestors(cb)
-        best = set(common)
-        for c in common:
-            for p in self.commit_obj(c).parents:
-                best -= self.ancestors(p)
-        return sorted(best, key=lambda c: (self.commit_obj(c).time_ns, c), reverse=True)
+        return history.merge_bases(self, a, b)
 
     def merge_base(self, a: str, b: str) -> Optional[str]:
         """The newest best common ancestor (see ``merge_bases``)."""
-        bases = self.merge_bases(a, b)
-        return bases[0] if bases else None
+        return history.merge_base(self, a, b)
 
     # -- trees and files ------------------------------------------------------------------------
     def entry(self, cid: str, path: str = "") -> dict:
@@ -621,43 +421,8 @@ class Repository:
                merge_parents: tuple = ()) -> CommitResult:
         """Commit local files (``dest path -> local path``), deletions and new directories to
         ``branch``. Returns the new commit (None when nothing changed)."""
-        files = dict(files or {})
-        if lossy is not None and lossy not in codecs.LOSSY_OPTIONS:
-            raise CorafsError(f"unknown lossy codec {lossy!r} (choose from "
-                              f"{', '.join(codecs.LOSSY_OPTIONS)})")
-        head = parent or self.head(branch)
-        head_tree = self.commit_obj(head).tree
-        results: list[tuple[str, IngestResult]] = []
-        changes: dict[str, Optional[dict]] = {}
-        self.refresh_settings()
-        w = self.store.writer()
-        try:
-            ing = Ingestor(self, w, self.pool, on_progress, lossy)
-            ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
-            for dest, src in files.items():
-                tree.split_path(dest)
-                ref = self._previous_manifest(head_tree, dest)
-                res = ing.ingest_path(src, os.path.basename(dest), ref)
-                results.append((dest, res))
-                changes[dest] = res.entry
-            for dest, e in (entries or {}).items():
-                changes[dest] = e
-            for p in deletes:
-                changes[p] = tree.DELETE
-            for p in mkdirs:
-                changes[p] = tree.MKDIR
-            if message is None:
-                message = describe_changes(self, head_tree, changes)
-            used_lossy = any(r.manifest.get("lossy") for _, r in results)
-            # the first attempt writes its tree and commit into the same pack as the data
-            cid, retries = self.commit_changes(branch, changes, message, author, head,
-                                               lossy=used_lossy, writer=w,
-                                               merge_parents=merge_parents)
-        except BaseException:
-            w.abort()
-            raise
-        self.simindex.add(ing.fingerprints)   # objects are durable now
-        return CommitResult(cid, results, retries)
+        return writes.commit(self, branch, files, deletes, mkdirs, message, author, lossy, parent,
+                             on_progress, entries, merge_parents)
 
     def ingest(self, src: str, dest: str, branch: str,
                on_progress: Optional[Callable[[int], None]] = None,
@@ -665,42 +430,14 @@ class Repository:
         """Ingest one local file as the next version of ``dest`` on ``branch`` (its previous
         version there is the delta reference). Objects are durable on return; nothing is
         committed: pass ``result.entry`` to ``commit_changes``."""
-        (res,) = self.ingest_many([(src, dest)], branch, cancel, on_progress)
-        if isinstance(res, BaseException):
-            raise res
-        return res
+        return writes.ingest(self, src, dest, branch, on_progress, cancel)
 
     def ingest_many(self, items: list[tuple[str, str]], branch: str, cancel=None,
                     on_progress: Optional[Callable[[int], None]] = None) -> list:
         """Ingest several local files (``(src, dest)``) as next versions on ``branch`` into one
         pack, durable on return. Returns, per item, its IngestResult or the exception that
         stopped that file alone (the others are stored anyway). Nothing is committed."""
-        head_tree = self.commit_obj(self.head(branch)).tree
-        self.refresh_settings()
-        w = self.store.writer()
-        out: list = []
-        try:
-            ing = Ingestor(self, w, self.pool, on_progress)
-            ing.cancel = cancel
-            ing.parent_tensors = _Lazy(lambda: self.tensors_by_name(head_tree))
-            for src, dest in items:
-                mark = len(ing.fingerprints)
-                try:
-                    tree.split_path(dest)
-                    out.append(ing.ingest_path(src, os.path.basename(dest),
-                                               self._previous_manifest(head_tree, dest)))
-                except IngestCancelled:
-                    raise
-                except Exception as e:  # this file only
-                    ing.abandon()
-                    del ing.fingerprints[mark:]
-                    out.append(e)
-            w.commit()
-        except BaseException:
-            w.abort()
-            raise
-        self.simindex.add(ing.fingerprints)
-        return out
+        return writes.ingest_many(self, items, branch, cancel, on_progress)
 
     def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,
                        author: Optional[str] = None, expected: Optional[str] = None,
@@ -709,42 +446,12 @@ class Repository:
         """Apply a change set on top of the branch head and move the ref by compare-and-swap,
         re-applying onto a new head if another writer got there first. ``writer``: an open
         batch (holding the files' data) that the first attempt completes and commits."""
-        revparse.check_ref_name(branch)
-        head = expected or self.head(branch)
-        # the gc lock stays claimed until the ref holds what the batches wrote or reused
-        with self.store.claim():
-            for attempt in range(retries + 1):
-                base_tree = self.commit_obj(head).tree
-                w, writer = (writer or self.store.writer()), None
-                with w:
-                    new_tree = tree.apply(self, w, base_tree, changes)
-                    cid = None
-                    if new_tree != base_tree or merge_parents:
-                        cid = self._put_commit(w, new_tree, [head, *merge_parents], message,
-                                               author or self.default_author(), lossy)
-                if cid is None:
-                    return None, attempt
-                try:
-                    kind = "merge" if merge_parents else "commit"
-                    self._move_ref(f"heads/{branch}", head, cid,
-                                   f"{kind}: {message.splitlines()[0] if message else ''}",
-                                   author)
-                except RefConflict as e:
-                    if e.actual is None:
-                        raise NotFound("branch", branch) from None
-                    head = e.actual
-                    continue
-                self._committed(cid)
-                return cid, attempt
-        raise RefConflict(f"heads/{branch}", head, self.store.get_ref(f"heads/{branch}"))
+        return writes.commit_changes(self, branch, changes, message, author, expected, lossy,
+                                     retries, writer, merge_parents)
 
     def _committed(self, cid: str) -> None:
         """After a ref moved to a new commit: queue the re-encoding of what it replaced."""
-        if not self.tuning.head_first:
-            return
-        headfirst.enqueue(self, cid)
-        if self.background_reencode:
-            self._reencoder.kick()
+        return writes.committed(self, cid)
 
     def reencode(self, cancel=None, blocking: bool = True) -> "headfirst.ReencodeReport":
         """Run the queued head-first re-encoding now (what earlier commits replaced becomes
@@ -818,49 +525,3 @@ class Repository:
             return None
         return self.get_meta(e["id"]) if e["kind"] == "file" else None
 
-
-class _Lazy:
-    """Call ``fn`` once, on first use."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.value = None
-
-    def __call__(self):
-        if self.value is None:
-            self.value = self.fn()
-        return self.value
-
-
-def describe_changes(repo, base_tree: str, changes: dict[str, Optional[dict]]) -> str:
-    """A generated commit message: "Update model.pth", "Add 3 files", "Rename a to b"..."""
-    added, updated, removed = {}, [], {}
-    for path, e in changes.items():
-        try:
-            old = tree.lookup(repo, base_tree, path)
-        except (NotFound, CorafsError):
-            old = None
-        if e is None:
-            if old is not None:
-                removed[path] = old.get("id")
-        elif e.get("kind") == "dir" and "id" not in e:
-            continue                                  # a new directory is not a file
-        elif old is None:
-            added[path] = e.get("id")
-        elif old.get("id") != e.get("id"):
-            updated.append(path)
-    renamed = []
-    for path, oid in list(added.items()):
-        src = next((p for p, o in removed.items() if o == oid), None)
-        if src is not None:
-            renamed.append(f"{src} to {path}")
-            del added[path]
-            del removed[src]
-    parts = []
-    for verb, items in (("Add", list(added)), ("Update", updated), ("Rename", renamed),
-                        ("Remove", list(removed))):
-        if len(items) == 1:
-            parts.append(f"{verb} {items[0]}")
-        elif items:
-            parts.append(f"{verb} {len(items)} files")
-    return ", ".join(parts) or "Update directories"

@@ -24,7 +24,7 @@ import uuid
 from typing import Optional
 
 from ..core import tree as treemod
-from ..core.repository import describe_changes
+from ..core.writes import describe_changes
 from ..errors import CorafsError, IngestCancelled, NotFound
 from ..store.local import fsync_path as _fsync_path
 from . import live

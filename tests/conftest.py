@@ -47,10 +47,11 @@ def work(tmp_path):
     return d
 
 
-def run_cli(*args, check=True, env=None):
-    """Run the real ``corafs`` entry point in a subprocess."""
+def run_cli(*args, check=True, env=None, timeout=120):
+    """Run the real ``corafs`` entry point in a subprocess (the one CLI runner of the tests;
+    ``mountutil.corafs`` is this)."""
     p = subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], capture_output=True,
-                       text=True, env={**os.environ, **(env or {})})
+                       text=True, env={**os.environ, **(env or {})}, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"corafs {' '.join(map(str, args))} failed ({p.returncode}):\n"
                              f"{p.stdout}\n{p.stderr}")

@@ -2,10 +2,11 @@
 import contextlib
 import os
 import subprocess
-import sys
 import time
 
 import pytest
+
+from conftest import run_cli
 
 
 def fuse_available() -> bool:
@@ -16,12 +17,7 @@ def fuse_available() -> bool:
 needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse, fusermount3, root")
 
 
-def corafs(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], capture_output=True,
-                       text=True, timeout=120)
-    if check and p.returncode:
-        raise AssertionError(f"corafs {args} failed: {p.stdout}\n{p.stderr}")
-    return p
+corafs = run_cli        # the tests' one CLI runner (conftest.run_cli)
 
 
 @contextlib.contextmanager

@@ -144,7 +144,7 @@ def test_api_and_a_missing_object_fails_only_its_file(s3env, work):
         e = r.entry(r.head("main"), "a.safetensors")
         oid = r.get_meta(e["id"])["tensors"][0]["id"]
         block = r.tensor_manifest(oid)["blocks"][0][0]
-        pack = r.store._index[block][0]
+        pack = r.store.location(block)[0]
     import boto3
     bucket = url[5:].split("/")[0]
     boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"]).delete_object(
@@ -283,7 +283,7 @@ def test_mount_on_s3_loads_with_torch_and_commits_writes(s3env, work, tmp_path):
     from corafs import Repository
     with Repository(url) as r:                  # the pack holding lost.bin's data only
         e = r.entry(r.head("main"), "lost.bin")
-        lost_pack = r.store._index[r.get_meta(e["id"])["extents"]["obj"][0]][0]
+        lost_pack = r.store.location(r.get_meta(e["id"])["extents"]["obj"][0])[0]
     import boto3
     boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"]).delete_object(
         Bucket=url[5:].split("/")[0], Key=f"repo/packs/{lost_pack}.pack")
@@ -395,7 +395,7 @@ def test_disk_cache_serves_warm_reads_and_stays_bounded(s3env, work, tmp_path, m
     with Repository.init(url) as r:
         r.commit("main", {"a.safetensors": str(work / "a.safetensors")})
         want = r.read_file("main:a.safetensors")          # fetched: now on this disk
-        packs = {loc[0] for loc in r.store._index.values()}
+        packs = {r.store.location(o)[0] for o in r.store.ids()}
     import boto3
     bucket = url[5:].split("/")[0]
     s3 = boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"])
@@ -444,7 +444,7 @@ def test_gc_on_s3_frees_a_deleted_branch_in_two_phases(s3env, work):
         assert r.store.gc_records()                  # phase one: scheduled, not deleted yet
         scheduled = {p for rec in r.store.gc_records() for p in rec["packs"]}
         # a writer now counts the scheduled packs' objects as absent: it stores them again
-        doomed_obj = next(o for o, loc in r.store._index.items() if loc[0] in scheduled)
+        doomed_obj = next(o for o in r.store.ids() if r.store.location(o)[0] in scheduled)
         assert not r.store.has(doomed_obj)
     cli(env, "gc", url, "--grace", "0", "--expire-reflog", "now")   # phase two
     with Repository(url) as r:

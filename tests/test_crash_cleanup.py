@@ -14,7 +14,7 @@ import safetensors.numpy
 
 from conftest import sha256_bytes, sha256_file
 from corafs import Repository
-from corafs.store.local import WriterToken, temporaries, writer_alive
+from corafs.store.fsutil import WriterToken, temporaries, writer_alive
 from mountutil import corafs, needs_fuse, wait_for
 
 TRIALS = 20          # per writer kind

@@ -29,7 +29,7 @@ from typing import Optional
 
 from .. import codecs
 from ..dtypes import lookup
-from ..store.local import atomic_write
+from ..store.fsutil import atomic_write
 from .lineage import Job, tree_tensor_ids, _check
 
 JOBS = os.path.join("objects", "reencode")

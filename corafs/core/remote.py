@@ -49,7 +49,7 @@ def remotes(repo) -> dict[str, str]:
 
 
 def _save(repo, d: dict) -> None:
-    from ..store.local import atomic_write
+    from ..store.fsutil import atomic_write
     atomic_write(_remotes_path(repo), json.dumps(d, indent=2, sort_keys=True).encode())
 
 

@@ -196,7 +196,7 @@ class Repository:
         if s3.is_url(self.url):
             self.config = self.store.update_config(change)
         else:
-            from ..store.local import atomic_write
+            from ..store.fsutil import atomic_write
             cfg = change(_read_config(self.url, self.path, self.store))
             atomic_write(os.path.join(self.path, CONFIG), json.dumps(cfg, indent=2).encode())
             self.config = cfg

@@ -132,7 +132,7 @@ class ObjectStore(abc.ABC):
 
     # -- local temporaries (capabilities every store declares; a remote one keeps none) --
     def token(self):
-        """This process's writer token (``local.WriterToken``): the name its temporary files
+        """This process's writer token (``fsutil.WriterToken``): the name its temporary files
         carry, so that the next writer removes them if this process dies; None for a store
         that keeps no local files."""
         return None

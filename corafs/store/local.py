@@ -30,13 +30,10 @@ handles are reference-counted: one evicted from the table is closed when its las
 from __future__ import annotations
 
 import collections
-import errno
 import fcntl
 import os
 import re
 import threading
-import time
-import uuid
 from typing import Iterator, Optional
 
 import h5py
@@ -45,267 +42,10 @@ import numpy as np
 from ..config import DEFAULT, Tuning
 from ..errors import CorruptObject, InvalidName, RefConflict
 from .base import ObjectStore, ObjectWriter
+from .fsutil import WriterToken, atomic_write, fsync_dir, temporaries, writer_alive
+from .hdf5pack import DATA_ROW, Pack, PackGone, PackWriter
 from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
 
-_ALIGN = 4096             # O_DIRECT offsets, lengths and buffers: one page covers devices
-_DIRECT_OPEN = threading.Lock()
-
-_DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
-
-
-def fsync_path(path: str) -> None:
-    """fsync a file or a directory by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-fsync_dir = fsync_path
-
-
-_TOKEN_RE = re.compile(r"\.w([0-9a-f]{12})\.")
-
-
-class WriterToken:
-    """This process's writer identity: a random token and an exclusive lock held until the
-    process ends (the kernel drops it then, however the process ends)."""
-
-    _mine: dict[str, "WriterToken"] = {}
-    _guard = threading.Lock()
-
-    def __init__(self, objdir: str):
-        self.token = uuid.uuid4().hex[:12]
-        self.path = os.path.join(objdir, f"writer-{self.token}.lock")
-        self.pid = os.getpid()
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-
-    @classmethod
-    def of(cls, objdir: str) -> "WriterToken":
-        key = os.path.realpath(objdir)
-        with cls._guard:
-            t = cls._mine.get(key)
-            if t is None or t.pid != os.getpid():
-                t = cls._mine[key] = cls(objdir)
-            return t
-
-    def tmp(self, path: str, suffix: str = "tmp") -> str:
-        """A temporary name beside ``path`` that says who writes it."""
-        return f"{path}.w{self.token}.{uuid.uuid4().hex[:6]}.{suffix}"
-
-
-def writer_alive(objdir: str, token: str) -> bool:
-    path = os.path.join(objdir, f"writer-{token}.lock")
-    for mine in WriterToken._mine.values():
-        if mine.token == token and mine.pid == os.getpid():
-            return True
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def temporaries(*dirs: str) -> list[tuple[str, int, Optional[str]]]:
-    """Temporary files of interrupted or running writes: (path, size, writer token)."""
-    out = []
-    for d in dirs:
-        for dirpath, _dn, files in os.walk(d):
-            for fn in files:
-                if not (fn.endswith(".tmp") or ".tmp-" in fn):
-                    continue
-                p = os.path.join(dirpath, fn)
-                m = _TOKEN_RE.search(fn)
-                try:
-                    size = os.path.getsize(p)
-                except OSError:
-                    continue
-                out.append((p, size, m.group(1) if m else None))
-    return out
-
-
-def atomic_write(path: str, data: bytes, token: Optional["WriterToken"] = None) -> None:
-    tmp = token.tmp(path) if token else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
-
-
-class _PackWriter:
-    """One pack being written. Objects are appended to a plain spool file (os.write releases
-    the GIL); ``finish`` creates the HDF5 file with one contiguous uint8 dataset allocated
-    early, copies the spool into it at the offset HDF5 reports (copy_file_range, in the
-    kernel), writes the object table, fsyncs and renames."""
-
-    def __init__(self, directory: str, token: WriterToken):
-        # the time first: when two packs hold one object, the newer encoding is preferred
-        self.name = f"pack-{time.time_ns():016x}-{uuid.uuid4().hex[:16]}"
-        self.token = token
-        self.tmp = os.path.join(directory, f"{self.name}.w{token.token}.h5.tmp")
-        self.spool_path = os.path.join(directory, f"{self.name}.w{token.token}.spool.tmp")
-        self.final = os.path.join(directory, self.name + ".h5")
-        self.spool = os.open(self.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.size = 0
-        self.table: list[tuple[str, int, int]] = []
-
-    @property
-    def nbytes(self) -> int:
-        return self.size
-
-    def put(self, oid: str, data) -> None:
-        mv = memoryview(data).cast("B")
-        self.table.append((oid, self.size, mv.nbytes))
-        done = 0
-        while done < mv.nbytes:
-            done += os.write(self.spool, mv[done:])
-        self.size += mv.nbytes
-
-    def finish(self) -> np.ndarray:
-        table = np.array(self.table, dtype=_IDX_DTYPE)
-        with h5py.File(self.tmp, "w", libver="latest") as f:
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            space = h5py.h5s.create_simple((self.size,))
-            ds = h5py.h5d.create(f.id, b"data", h5py.h5t.NATIVE_UINT8, space, dcpl=dcpl)
-            offset = ds.get_offset()
-            f.create_dataset("ids", data=table["id"])
-            f.create_dataset("offsets", data=table["off"])
-            f.create_dataset("lengths", data=table["len"])
-            f.attrs["format"] = "corafs-pack-1"
-        fd = os.open(self.tmp, os.O_WRONLY)
-        try:
-            if self.size:
-                if offset is None:
-                    raise OSError("HDF5 did not allocate the pack's data")
-                _copy_range(self.spool, fd, offset, self.size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.close(self.spool)
-            os.unlink(self.spool_path)
-        os.replace(self.tmp, self.final)
-        fsync_dir(os.path.dirname(self.final))
-        # the side table's first row says where the data lies, so readers need no h5py
-        table = np.concatenate([np.array([(_DATA_ROW, offset or 0, self.size)], _IDX_DTYPE),
-                                table])
-        idx = self.final[:-3] + ".idx"
-        tmp = self.token.tmp(idx)
-        with open(tmp, "wb") as f:
-            np.save(f, table)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, idx)
-        return table
-
-    def abort(self) -> None:
-        try:
-            os.close(self.spool)
-        except OSError:
-            pass
-        for p in (self.spool_path, self.tmp):
-            if os.path.exists(p):
-                os.unlink(p)
-
-
-def _copy_range(src: int, dst: int, dst_offset: int, n: int) -> None:
-    src_off, dst_off, left = 0, dst_offset, n
-    while left:
-        try:
-            k = os.copy_file_range(src, dst, left, src_off, dst_off)
-        except OSError:
-            k = 0
-        if k <= 0:   # no kernel copy here: fall back to read/write
-            chunk = os.pread(src, min(left, 8 << 20), src_off)
-            k = os.pwrite(dst, chunk, dst_off)
-        src_off += k
-        dst_off += k
-        left -= k
-
-
-class _Pack:
-    """An open pack: a file descriptor and where its data lies (reads are os.pread, which
-    releases the GIL; h5py would hold it for every read). ``where`` comes from the .idx
-    header row; without it, HDF5 is asked."""
-
-    def __init__(self, path: str, where: Optional[tuple[int, int]] = None):
-        if where is not None:
-            self.offset, self.length = where
-        else:
-            with h5py.File(path, "r") as f:
-                ds = f["data"]
-                self.length = int(ds.shape[0])
-                self.offset = ds.id.get_offset()
-        if self.offset is None and self.length:
-            raise OSError(f"{path}: pack data is not one contiguous dataset")
-        self.fd = os.open(path, os.O_RDONLY)
-        self.file_size = os.fstat(self.fd).st_size
-        self.path = path
-        self.dfd = None         # O_DIRECT descriptor, opened on first use; -1: not usable
-        self._dfd_owned = -1    # what close() closes (kept open if reads stopped using it)
-        self.users = 0          # reads in progress (guarded by the store's lock)
-        self.evicted = False
-
-    def read(self, off: int, ln: int) -> bytes:
-        return os.pread(self.fd, ln, self.offset + off)
-
-
-    def read_direct(self, off: int, ln: int):
-        """``ln`` bytes at ``off`` read with O_DIRECT into an aligned buffer (a read-only
-        memoryview of it), or None where the filesystem does not allow it."""
-        if self.dfd is None:
-            with _DIRECT_OPEN:
-                if self.dfd is None:
-                    try:
-                        self._dfd_owned = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
-                        self.dfd = self._dfd_owned
-                    except (OSError, AttributeError):  # a filesystem or OS without O_DIRECT
-                        self.dfd = -1
-        dfd = self.dfd
-        if dfd < 0:
-            return None
-        start = self.offset + off
-        a0 = start & ~(_ALIGN - 1)
-        a1 = (start + ln + _ALIGN - 1) & ~(_ALIGN - 1)
-        buf = np.empty(a1 - a0 + _ALIGN, dtype=np.uint8)
-        pad = -buf.ctypes.data % _ALIGN
-        view = buf[pad:pad + a1 - a0]
-        try:
-            got = os.preadv(dfd, [view], a0)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            self.dfd = -1               # alignment this device refuses: buffered from now on
-            return None                 # (the descriptor closes with the pack)
-        if got < start - a0 + ln:
-            return None                 # short (the caller's buffered read reports why)
-        mv = memoryview(view)[start - a0:start - a0 + ln]
-        return mv.toreadonly()
-
-    def close(self) -> None:
-        if self._dfd_owned >= 0:
-            os.close(self._dfd_owned)
-            self._dfd_owned = -1
-        self.dfd = -1
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-class _PackGone(Exception):
-    """A pack in the index no longer exists (a gc removed it after copying what was live)."""
 
 
 class _LocalWriter(ObjectWriter):
@@ -317,7 +57,7 @@ class _LocalWriter(ObjectWriter):
 
     def __init__(self, store: "LocalStore", gc_lock: bool = True):
         self.store = store
-        self.pack: Optional[_PackWriter] = None
+        self.pack: Optional[PackWriter] = None
         self.ids: set[str] = set()
         self.done = False
         self._lock = threading.Lock()      # this batch only: never blocks readers
@@ -331,7 +71,7 @@ class _LocalWriter(ObjectWriter):
             return
         with self._lock:
             if self.pack is None:
-                self.pack = _PackWriter(self.store.objdir, self.store.token())
+                self.pack = PackWriter(self.store.objdir, self.store.token())
             self.pack.put(oid, data)
             self.ids.add(oid)
             if self.pack.nbytes >= self.store.tuning.pack_target:
@@ -390,7 +130,7 @@ class LocalStore(PackIndex, ObjectStore):
         self._index: dict[str, tuple[str, int, int]] = {}
         self._packs: set[str] = set()
         self._where: dict[str, tuple[int, int]] = {}
-        self._handles: "collections.OrderedDict[str, _Pack]" = collections.OrderedDict()
+        self._handles: "collections.OrderedDict[str, Pack]" = collections.OrderedDict()
         self._token: Optional[WriterToken] = None
         self._tables: dict[str, np.ndarray] = {}     # pack -> its object table
         os.makedirs(self.objdir, exist_ok=True)
@@ -608,18 +348,18 @@ class LocalStore(PackIndex, ObjectStore):
     def _add_pack(self, name: str, table: np.ndarray) -> None:
         """Index a pack: where its data lies (the table's header row), then its objects."""
         self._packs.add(name)
-        if len(table) and table["id"][0] == _DATA_ROW:
+        if len(table) and table["id"][0] == DATA_ROW:
             self._where[name] = (int(table["off"][0]), int(table["len"][0]))
             table = table[1:]
         self._tables[name] = table
         self._index_table(name, table)
 
-    def _handle(self, pack: str) -> _Pack:
+    def _handle(self, pack: str) -> Pack:
         f = self._handles.get(pack)
         if f is not None:
             self._handles.move_to_end(pack)
             return f
-        f = _Pack(os.path.join(self.objdir, pack + ".h5"), self._where.get(pack))
+        f = Pack(os.path.join(self.objdir, pack + ".h5"), self._where.get(pack))
         self._handles[pack] = f
         while len(self._handles) > self.tuning.open_packs:
             _, old = self._handles.popitem(last=False)
@@ -628,7 +368,7 @@ class LocalStore(PackIndex, ObjectStore):
                 old.close()
         return f
 
-    def _release(self, h: _Pack) -> None:
+    def _release(self, h: Pack) -> None:
         with self._lock:
             h.users -= 1
             if h.evicted and h.users == 0:
@@ -656,7 +396,7 @@ class LocalStore(PackIndex, ObjectStore):
             try:
                 return self._read(oid, pack, off + rel, n,
                                   direct and n >= self.tuning.direct_read_min)
-            except _PackGone:
+            except PackGone:
                 if attempt:
                     raise CorruptObject(oid, f"pack {pack} vanished") from None
                 self.rescan()            # a gc moved it: the index learns where
@@ -670,7 +410,7 @@ class LocalStore(PackIndex, ObjectStore):
                 try:
                     h = self._handle(pack)
                 except FileNotFoundError:        # removed by a gc: the caller relocates
-                    raise _PackGone(pack) from None
+                    raise PackGone(pack) from None
                 h.users += 1
             if off + ln > h.length or h.offset + off + ln > h.file_size:
                 raise CorruptObject(oid, f"pack {pack} is truncated")
@@ -680,7 +420,7 @@ class LocalStore(PackIndex, ObjectStore):
             if len(data) != ln:
                 raise CorruptObject(oid, f"short read from pack {pack}")
             return data
-        except (CorruptObject, _PackGone):
+        except (CorruptObject, PackGone):
             raise
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             with self._lock:

@@ -26,7 +26,7 @@ from typing import Optional
 from ..core import tree as treemod
 from ..core.writes import describe_changes
 from ..errors import CorafsError, IngestCancelled, NotFound
-from ..store.local import fsync_path as _fsync_path
+from ..store.fsutil import fsync_path as _fsync_path
 from . import live
 from .journal import Journal, read_rows
 from .live import (CLOSED, DURABLE, EMPTY_TREE, FAILED, INGESTED, OPEN, Forest, LiveNode,

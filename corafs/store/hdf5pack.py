@@ -1,0 +1,187 @@
+"""The HDF5 pack file: writing one (a spool copied into one contiguous uint8 dataset, the
+object table beside it, fsynced and renamed) and reading objects from one (``os.pread`` at the
+offsets of the ``.idx`` table, O_DIRECT for large blocks, no HDF5 call on the read path)."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+import uuid
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from .fsutil import WriterToken, fsync_dir
+from .packindex import IDX_DTYPE as _IDX_DTYPE
+
+
+_ALIGN = 4096             # O_DIRECT offsets, lengths and buffers: one page covers devices
+_DIRECT_OPEN = threading.Lock()
+DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
+
+
+class PackWriter:
+    """One pack being written. Objects are appended to a plain spool file (os.write releases
+    the GIL); ``finish`` creates the HDF5 file with one contiguous uint8 dataset allocated
+    early, copies the spool into it at the offset HDF5 reports (copy_file_range, in the
+    kernel), writes the object table, fsyncs and renames."""
+
+    def __init__(self, directory: str, token: WriterToken):
+        # the time first: when two packs hold one object, the newer encoding is preferred
+        self.name = f"pack-{time.time_ns():016x}-{uuid.uuid4().hex[:16]}"
+        self.token = token
+        self.tmp = os.path.join(directory, f"{self.name}.w{token.token}.h5.tmp")
+        self.spool_path = os.path.join(directory, f"{self.name}.w{token.token}.spool.tmp")
+        self.final = os.path.join(directory, self.name + ".h5")
+        self.spool = os.open(self.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.size = 0
+        self.table: list[tuple[str, int, int]] = []
+
+    @property
+    def nbytes(self) -> int:
+        return self.size
+
+    def put(self, oid: str, data) -> None:
+        mv = memoryview(data).cast("B")
+        self.table.append((oid, self.size, mv.nbytes))
+        done = 0
+        while done < mv.nbytes:
+            done += os.write(self.spool, mv[done:])
+        self.size += mv.nbytes
+
+    def finish(self) -> np.ndarray:
+        table = np.array(self.table, dtype=_IDX_DTYPE)
+        with h5py.File(self.tmp, "w", libver="latest") as f:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            space = h5py.h5s.create_simple((self.size,))
+            ds = h5py.h5d.create(f.id, b"data", h5py.h5t.NATIVE_UINT8, space, dcpl=dcpl)
+            offset = ds.get_offset()
+            f.create_dataset("ids", data=table["id"])
+            f.create_dataset("offsets", data=table["off"])
+            f.create_dataset("lengths", data=table["len"])
+            f.attrs["format"] = "corafs-pack-1"
+        fd = os.open(self.tmp, os.O_WRONLY)
+        try:
+            if self.size:
+                if offset is None:
+                    raise OSError("HDF5 did not allocate the pack's data")
+                _copy_range(self.spool, fd, offset, self.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.close(self.spool)
+            os.unlink(self.spool_path)
+        os.replace(self.tmp, self.final)
+        fsync_dir(os.path.dirname(self.final))
+        # the side table's first row says where the data lies, so readers need no h5py
+        table = np.concatenate([np.array([(DATA_ROW, offset or 0, self.size)], _IDX_DTYPE),
+                                table])
+        idx = self.final[:-3] + ".idx"
+        tmp = self.token.tmp(idx)
+        with open(tmp, "wb") as f:
+            np.save(f, table)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, idx)
+        return table
+
+    def abort(self) -> None:
+        try:
+            os.close(self.spool)
+        except OSError:
+            pass
+        for p in (self.spool_path, self.tmp):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def _copy_range(src: int, dst: int, dst_offset: int, n: int) -> None:
+    src_off, dst_off, left = 0, dst_offset, n
+    while left:
+        try:
+            k = os.copy_file_range(src, dst, left, src_off, dst_off)
+        except OSError:
+            k = 0
+        if k <= 0:   # no kernel copy here: fall back to read/write
+            chunk = os.pread(src, min(left, 8 << 20), src_off)
+            k = os.pwrite(dst, chunk, dst_off)
+        src_off += k
+        dst_off += k
+        left -= k
+
+
+class Pack:
+    """An open pack: a file descriptor and where its data lies (reads are os.pread, which
+    releases the GIL; h5py would hold it for every read). ``where`` comes from the .idx
+    header row; without it, HDF5 is asked."""
+
+    def __init__(self, path: str, where: Optional[tuple[int, int]] = None):
+        if where is not None:
+            self.offset, self.length = where
+        else:
+            with h5py.File(path, "r") as f:
+                ds = f["data"]
+                self.length = int(ds.shape[0])
+                self.offset = ds.id.get_offset()
+        if self.offset is None and self.length:
+            raise OSError(f"{path}: pack data is not one contiguous dataset")
+        self.fd = os.open(path, os.O_RDONLY)
+        self.file_size = os.fstat(self.fd).st_size
+        self.path = path
+        self.dfd = None         # O_DIRECT descriptor, opened on first use; -1: not usable
+        self._dfd_owned = -1    # what close() closes (kept open if reads stopped using it)
+        self.users = 0          # reads in progress (guarded by the store's lock)
+        self.evicted = False
+
+    def read(self, off: int, ln: int) -> bytes:
+        return os.pread(self.fd, ln, self.offset + off)
+
+
+    def read_direct(self, off: int, ln: int):
+        """``ln`` bytes at ``off`` read with O_DIRECT into an aligned buffer (a read-only
+        memoryview of it), or None where the filesystem does not allow it."""
+        if self.dfd is None:
+            with _DIRECT_OPEN:
+                if self.dfd is None:
+                    try:
+                        self._dfd_owned = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+                        self.dfd = self._dfd_owned
+                    except (OSError, AttributeError):  # a filesystem or OS without O_DIRECT
+                        self.dfd = -1
+        dfd = self.dfd
+        if dfd < 0:
+            return None
+        start = self.offset + off
+        a0 = start & ~(_ALIGN - 1)
+        a1 = (start + ln + _ALIGN - 1) & ~(_ALIGN - 1)
+        buf = np.empty(a1 - a0 + _ALIGN, dtype=np.uint8)
+        pad = -buf.ctypes.data % _ALIGN
+        view = buf[pad:pad + a1 - a0]
+        try:
+            got = os.preadv(dfd, [view], a0)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self.dfd = -1               # alignment this device refuses: buffered from now on
+            return None                 # (the descriptor closes with the pack)
+        if got < start - a0 + ln:
+            return None                 # short (the caller's buffered read reports why)
+        mv = memoryview(view)[start - a0:start - a0 + ln]
+        return mv.toreadonly()
+
+    def close(self) -> None:
+        if self._dfd_owned >= 0:
+            os.close(self._dfd_owned)
+            self._dfd_owned = -1
+        self.dfd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class PackGone(Exception):
+    """A pack in the index no longer exists (a gc removed it after copying what was live)."""

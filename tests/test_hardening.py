@@ -17,7 +17,7 @@ from corafs import Repository
 from corafs.core import headfirst, maintenance
 from corafs.daemon import MountLock
 from corafs.view import health
-from corafs.view.journal import Journal
+from corafs.core.journal import Journal
 from corafs.view.staging import Staging
 
 

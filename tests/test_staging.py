@@ -293,7 +293,7 @@ def test_recovery_commits_closed_files_and_keeps_open_ones(repo):
     st.ingest(n)                                            # durable + ingested
     n2 = write(st, d, "durable.bin", b"durable")
     s2 = n2.staged
-    from corafs.view.staging import _fsync_path             # made durable, not ingested
+    from corafs.store.fsutil import fsync_path as _fsync_path   # durable, not ingested
     _fsync_path(s2.spool)
     s2.state = "durable"
     st._record_node(n2, durable=True)

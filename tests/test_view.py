@@ -127,7 +127,7 @@ def test_operations_called_directly(populated):
             await ops.create(v1.st_ino, b"new", 0o644, os.O_WRONLY, None)
         assert e.value.errno == errno.EROFS
         fh = await ops.opendir(ROOT_INODE, None)
-        assert len(ops.dirs[fh]) == 5
+        assert len(ops.handles.dir_entries(fh)) == 5
         await ops.releasedir(fh)
         assert await ops.getxattr(fattr.st_ino, b"user.corafs.sha256", None)
 

@@ -25,14 +25,12 @@ Safe against, in this order:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Callable, Optional
 
 from .. import codecs
 from ..errors import CorafsError
-from . import tree
+from . import journal, refs, tree
 from .objects import META_MAGIC, decode_meta, decode_tensor_manifest
 from .reader import FileReader, read_plan
 
@@ -128,6 +126,16 @@ def _repack(repo, collect, grace, dry_run, expire_reflog, on_progress, min_waste
     return rep
 
 
+# -- roots -------------------------------------------------------------------------------------------
+# Each module that keeps objects alive says which (restic's ``PlanPrune(getUsedBlobs)``); gc
+# reads none of their tables. A provider: (repo, now_ns, reflog expiry in days or None) -> ids.
+ROOTS: tuple[Callable, ...] = (
+    lambda repo, now_ns, days: refs.ref_roots(repo),
+    lambda repo, now_ns, days: refs.reflog_roots(repo, now_ns, days),
+    lambda repo, now_ns, days: journal.roots(repo.path),
+)
+
+
 # -- marking ----------------------------------------------------------------------------------------
 def _mark(repo, packs: dict, collect: bool, grace: float,
           expire_reflog: Optional[float], fresh=(), report: Optional[GcReport] = None) -> set[str]:
@@ -138,14 +146,8 @@ def _mark(repo, packs: dict, collect: bool, grace: float,
     now = time.time()
     if not collect:
         return {oid for oid in store.ids()}
-    roots: list[str] = []
-    for _name, cid in store.list_refs("heads/").items():
-        roots.append(cid)
-    for _name, oid in store.list_refs("tags/").items():
-        roots.append(oid)
     expire_days = None if expire_reflog is None else expire_reflog / 86400.0
-    roots.extend(repo.reflog_roots(time.time_ns(), expire_days))
-    roots.extend(_journal_roots(repo))
+    roots = [oid for provider in ROOTS for oid in provider(repo, time.time_ns(), expire_days)]
     marks: set[str] = set()
 
     def walk(stack):
@@ -204,31 +206,6 @@ def _children(repo, oid: str, payload=None) -> list[str]:
     return []
 
 
-def _journal_roots(repo) -> list[str]:
-    """Ids the mount's staging journal refers to (staged changes not committed yet)."""
-    path = os.path.join(repo.path, "staging", "journal.db")
-    if not os.path.exists(path):
-        return []
-    import sqlite3
-    out = []
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            for (cid,) in db.execute("SELECT commit_id FROM base"):
-                out.append(cid)
-            for (row,) in db.execute("SELECT row FROM rows"):
-                r = json.loads(row)
-                for e in (r.get("entry"), r.get("synced")):
-                    if e and e.get("id"):
-                        out.append(e["id"])
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        raise CorafsError(f"cannot read the staging journal ({e}): not collecting") from None
-    return out
-
-
-# -- planning and copying ---------------------------------------------------------------------------
 def _plan(repo, packs: dict, marks: set[str], grace: float, min_waste: float = 0.0,
           consolidate: bool = True) -> dict:
     """pack -> (objects to keep, [(object, bytes) dropped]) for the packs worth rewriting:

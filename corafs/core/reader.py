@@ -164,6 +164,9 @@ class FileReader:
         np.cumsum(self.lens, out=self.starts[1:])
         self.size = int(manifest["size"])
 
+    def close(self) -> None:
+        """Nothing to release: decoded blocks belong to the shared cache."""
+
     def extent_at(self, offset: int) -> int:
         return int(np.searchsorted(self.starts, offset, side="right")) - 1
 

@@ -117,6 +117,12 @@ def reflog(repo, ref: str) -> list[dict]:
     return out
 
 
+def ref_roots(repo) -> list[str]:
+    """What the branches and tags point at (tags at their tag objects)."""
+    return [oid for prefix in ("heads/", "tags/")
+            for oid in repo.store.list_refs(prefix).values()]
+
+
 def reflog_roots(repo, now_ns: Optional[int] = None,
                  expire_days: Optional[float] = None) -> set[str]:
     """Commits that reflog entries younger than ``expire_days`` (default:

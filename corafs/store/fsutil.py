@@ -103,3 +103,12 @@ def atomic_write(path: str, data: bytes, token: Optional["WriterToken"] = None) 
 
 
 fsync_dir = fsync_path
+
+
+def unlink_quiet(path: Optional[str]) -> None:
+    """Remove a file that may already be gone (or was never made: ``None``)."""
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -7,6 +7,9 @@ and state). A change costs one small transaction whatever the number of staged f
 replaces a branch's rows in one transaction. Rows that record a file as committable (durable
 or ingested) are written with ``synchronous=FULL``; the rest with ``NORMAL`` (a power loss can
 lose the last few renames, as on a local disk, never make a torn file committable).
+
+The journal lives with the repository (``staging/journal.db``), not with a mount: gc asks it
+for the objects it keeps alive (:func:`roots`) without knowing its tables.
 """
 from __future__ import annotations
 
@@ -15,6 +18,11 @@ import os
 import sqlite3
 import threading
 from typing import Iterable, Optional
+
+from ..errors import CorafsError
+
+#: where a repository keeps its journal, relative to its root
+PATH = os.path.join("staging", "journal.db")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS base (branch TEXT PRIMARY KEY, commit_id TEXT NOT NULL);
@@ -131,3 +139,31 @@ def read_rows(staging_dir: str) -> dict[str, tuple[str, dict[str, dict]]]:
         return {}
     finally:
         j.close()
+
+
+def row_ids(row: dict) -> list[str]:
+    """Object ids a row refers to: its tree entry, and the last synced version of a staged file
+    (what recovery falls back to when the spool is lost). The row kinds are written by
+    ``corafs.view.live``; this is the one place that reads ids out of them."""
+    return [e["id"] for e in (row.get("entry"), row.get("synced")) if e and e.get("id")]
+
+
+def roots(repo_path: str) -> list[str]:
+    """gc's root provider: every commit a branch's staged changes are based on, and every
+    object a staged row refers to. A journal that cannot be read stops gc rather than let it
+    collect staged data."""
+    path = os.path.join(repo_path, PATH)
+    if not os.path.exists(path):
+        return []
+    try:
+        j = Journal(path, readonly=True)
+        try:
+            with j.lock:
+                out = [cid for (cid,) in j.db.execute("SELECT commit_id FROM base")]
+                for (row,) in j.db.execute("SELECT row FROM rows"):
+                    out.extend(row_ids(json.loads(row)))
+        finally:
+            j.close()
+    except (sqlite3.Error, ValueError) as e:
+        raise CorafsError(f"cannot read the staging journal ({e}): not collecting") from None
+    return out

@@ -496,7 +496,7 @@ def test_head_first_on_s3_from_two_machines(s3env, work, tmp_path):
         blocks = [b[0] for t in r.get_meta(e["id"])["tensors"]
                   for b in r.tensor_manifest(t["id"])["blocks"]]
         assert max(chain_depth(r, b, memo) for b in blocks) == 2
-        assert not list(r.store._list("locks/"))          # leases released
+        assert not list(r.store.remote.list("locks/"))          # leases released
     assert "consistent" in cli(env, "fsck", url).stdout
 
 

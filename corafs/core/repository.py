@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator, Optional
 from .. import codecs
 from ..config import DEFAULT, Tuning
 from ..errors import CorafsError, NotARepository, NotFound, RepositoryExists
-from ..store import LocalStore, ObjectStore
-from ..store import faults, s3
+from .. import store as stores
+from ..store import ObjectStore, faults
 from . import headfirst, history, maintenance, refs, revparse, settings, tree, writes
 from .history import Commit
 from .ingest import IngestResult
@@ -30,53 +30,41 @@ from .objects import (canonical, decode_meta, decode_tensor_manifest, encode_met
 from .reader import BlockCache, Decoder, FileReader
 from .simindex import SimIndex
 
-CONFIG = "corafs.json"
+CONFIG = stores.CONFIG
 FORMAT = 1
 _log = logging.getLogger("corafs.repository")
+state_dir = stores.state_dir
 
 
-def state_dir(spec: str) -> str:
-    """This machine's directory for a repository: the repository itself when it is local, a
-    cache directory for an ``s3://`` one (mount staging, logs, caches live there)."""
-    return s3.local_dir(spec) if s3.is_url(spec) else os.path.abspath(spec)
-
-
-def _read_config(spec: str, path: str, store) -> dict:
-    """A repository's corafs.json: from its bucket (``store``) for an ``s3://`` one, else from
-    its directory. NotARepository where there is none."""
-    if s3.is_url(spec):
-        raw = store.get_config()
-        if raw is None:
-            raise NotARepository(spec)
-        return json.loads(raw)
-    cfg = os.path.join(path, CONFIG)
-    if not os.path.isfile(cfg):
+def _parse_config(spec: str, raw: Optional[bytes]) -> dict:
+    if raw is None:
         raise NotARepository(spec)
-    with open(cfg) as f:
-        return json.load(f)
+    try:
+        cfg = json.loads(raw)
+    except ValueError as e:
+        raise NotARepository(f"{spec} ({CONFIG}: {e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        fmt = cfg.get("format") if isinstance(cfg, dict) else None
+        raise NotARepository(f"{spec} (unsupported format {fmt})")
+    return cfg
 
 
 class Repository:
     def __init__(self, path: str, tuning: Tuning = DEFAULT, store: Optional[ObjectStore] = None):
         #: where the repository is: a local directory, or an ``s3://bucket/prefix`` URL
-        self.url = path if s3.is_url(path) else os.path.abspath(path)
-        if s3.is_url(path):
-            # a remote repository: objects and refs in the bucket; this machine's own state
-            # (mount staging, caches, logs) in a local directory
-            store = store if store is not None else s3.S3Store(path, tuning)
-            self.path = store.local
-        else:
-            self.path = self.url
+        self.url = stores.location(path)
+        #: this machine's directory for it (mount staging, caches, logs)
+        self.path = stores.state_dir(path)
+        store = store if store is not None else stores.open_store(self.url, tuning)
         try:
-            self.config = _read_config(path, self.path, store)
-        except (OSError, ValueError) as e:
-            raise NotARepository(f"{path} ({e})") from None
-        if self.config.get("format") != FORMAT:
-            raise NotARepository(f"{path} (unsupported format {self.config.get('format')})")
+            self.config = _parse_config(path, store.get_config())
+        except BaseException:
+            store.close()
+            raise
         #: the caller's tuning with the repository's own encoding settings (corafs config)
         self._given_tuning = tuning
         self.tuning = tuning = settings.apply(tuning, self.config)
-        self.store = faults.wrap(store if store is not None else LocalStore(self.path, tuning))
+        self.store = faults.wrap(store)
         self.cache = BlockCache(tuning.block_cache_bytes)
         self.decoder = Decoder(self.store, self.cache)
         self._meta: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
@@ -94,15 +82,7 @@ class Repository:
     @staticmethod
     def check(path: str) -> None:
         """Raise NotARepository unless ``path`` holds a repository (cheap: reads no objects)."""
-        if s3.is_url(path):
-            Repository(path).close()
-            return
-        try:
-            fmt = _read_config(path, path, None).get("format")
-        except (OSError, ValueError):
-            raise NotARepository(path) from None
-        if fmt != FORMAT:
-            raise NotARepository(f"{path} (unsupported format {fmt})")
+        _parse_config(path, stores.read_config(path))
 
     @classmethod
     def init(cls, path: str, default_branch: str = "main", author: Optional[str] = None,
@@ -111,22 +91,11 @@ class Repository:
         clone fills it)."""
         revparse.check_ref_name(default_branch)
         cfg = {"format": FORMAT, "default_branch": default_branch, "author": author}
-        if s3.is_url(path):
-            store = s3.S3Store(path, tuning)
-            store.check_conditional_writes()
-            if not store.create_config(json.dumps(cfg, indent=2).encode()):
-                raise RepositoryExists(path)
-            repo = cls(path, tuning, store)
-        else:
-            if os.path.exists(os.path.join(path, CONFIG)):
-                raise RepositoryExists(path)
-            if os.path.isdir(path) and os.listdir(path):
-                raise RepositoryExists(f"{path} (directory is not empty)")
-            os.makedirs(path, exist_ok=True)
-            LocalStore.create(path, tuning).close()
-            with open(os.path.join(path, CONFIG), "w") as f:
-                json.dump(cfg, f, indent=2)
-            repo = cls(path, tuning)
+        store = stores.create_store(path, tuning)
+        if not store.create_config(json.dumps(cfg, indent=2).encode()):
+            store.close()
+            raise RepositoryExists(path)
+        repo = cls(path, tuning, store)
         if not initial_commit:
             return repo
         with repo.store.claim():             # until the ref holds what the batch wrote
@@ -169,7 +138,7 @@ class Repository:
         a mount runs) applies here from the next commit or re-encoding job on. A config that
         cannot be read or holds a bad value leaves the settings in force as they were."""
         try:
-            cfg = _read_config(self.url, self.path, self.store)
+            cfg = _parse_config(self.url, self.store.get_config())
             tuning = settings.apply(self._given_tuning, cfg)
         except (OSError, ValueError, CorafsError) as e:
             _log.warning("%s: keeping the settings in force: %s", CONFIG, e)
@@ -193,13 +162,7 @@ class Repository:
                 cfg[key] = new
             return cfg
 
-        if s3.is_url(self.url):
-            self.config = self.store.update_config(change)
-        else:
-            from ..store.fsutil import atomic_write
-            cfg = change(_read_config(self.url, self.path, self.store))
-            atomic_write(os.path.join(self.path, CONFIG), json.dumps(cfg, indent=2).encode())
-            self.config = cfg
+        self.config = self.store.update_config(change)
         self.tuning = settings.apply(self._given_tuning, self.config)
         return settings.value(self.config, key)
 

@@ -4,7 +4,11 @@ implement it; caching, retry and fault injection are wrappers around it."""
 from __future__ import annotations
 
 import abc
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
+
+#: the repository's config, kept by its store (the file in a local repository's directory,
+#: the key at the root of a bucket's prefix)
+CONFIG = "corafs.json"
 
 
 class ObjectWriter(abc.ABC):
@@ -53,6 +57,23 @@ class ObjectStore(abc.ABC):
         return contextlib.nullcontext()
 
     # -- objects -------------------------------------------------------------------------
+    #: this machine's directory for the repository (the repository itself when local)
+    state_dir: str
+
+    # -- the repository's config ------------------------------------------------------------
+    @abc.abstractmethod
+    def get_config(self) -> Optional[bytes]:
+        """The config's bytes, or None when there is none."""
+
+    @abc.abstractmethod
+    def create_config(self, data: bytes) -> bool:
+        """Write the config unless one exists (atomically); False when it does."""
+
+    @abc.abstractmethod
+    def update_config(self, change: Callable[[dict], dict]) -> dict:
+        """Replace the config with ``change(config)`` and return it; a concurrent change is
+        read again and ``change`` applied to it, never overwritten."""
+
     @abc.abstractmethod
     def has(self, oid: str) -> bool: ...
 

@@ -34,14 +34,14 @@ import fcntl
 import os
 import re
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import h5py
 import numpy as np
 
 from ..config import DEFAULT, Tuning
 from ..errors import CorruptObject, InvalidName, RefConflict
-from .base import ObjectStore, ObjectWriter
+from .base import CONFIG, ObjectStore, ObjectWriter
 from .fsutil import WriterToken, atomic_write, fsync_dir, temporaries, writer_alive
 from .hdf5pack import DATA_ROW, Pack, PackGone, PackWriter
 from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
@@ -122,7 +122,7 @@ class _LocalWriter(ObjectWriter):
 
 class LocalStore(PackIndex, ObjectStore):
     def __init__(self, root: str, tuning: Tuning = DEFAULT):
-        self.root = root
+        self.root = self.state_dir = root
         self.tuning = tuning
         self.objdir = os.path.join(root, "objects")
         self.refdir = os.path.join(root, "refs")
@@ -498,23 +498,58 @@ class LocalStore(PackIndex, ObjectStore):
         except FileNotFoundError:
             return None
 
+    def _refs_locked(self):
+        """The fcntl lock that serializes ref (and config) changes between processes."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            with open(os.path.join(self.root, "refs.lock"), "a+") as lk:
+                fcntl.flock(lk.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lk.fileno(), fcntl.LOCK_UN)
+        return held()
+
+    # -- config: REPO/corafs.json ---------------------------------------------------------------
+    def get_config(self) -> Optional[bytes]:
+        try:
+            with open(os.path.join(self.root, CONFIG), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def create_config(self, data: bytes) -> bool:
+        with self._refs_locked():
+            if os.path.exists(os.path.join(self.root, CONFIG)):
+                return False
+            atomic_write(os.path.join(self.root, CONFIG), data)
+            return True
+
+    def update_config(self, change: Callable[[dict], dict]) -> dict:
+        import json
+        with self._refs_locked():
+            raw = self.get_config()
+            if raw is None:
+                raise CorruptObject(f"{os.path.join(self.root, CONFIG)} is missing")
+            cfg = change(json.loads(raw))
+            atomic_write(os.path.join(self.root, CONFIG), json.dumps(cfg, indent=2).encode())
+            return cfg
+
     def cas_ref(self, name: str, expected: Optional[str], new: Optional[str]) -> None:
         path = self._ref_path(name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(os.path.join(self.root, "refs.lock"), "a+") as lk:
-            fcntl.flock(lk.fileno(), fcntl.LOCK_EX)
-            try:
-                current = self.get_ref(name)
-                if current != expected:
-                    raise RefConflict(name, expected, current)
-                if new is None:
-                    if os.path.exists(path):
-                        os.unlink(path)
-                        fsync_dir(os.path.dirname(path))
-                else:
-                    atomic_write(path, (new + "\n").encode(), self.token())
-            finally:
-                fcntl.flock(lk.fileno(), fcntl.LOCK_UN)
+        with self._refs_locked():
+            current = self.get_ref(name)
+            if current != expected:
+                raise RefConflict(name, expected, current)
+            if new is None:
+                if os.path.exists(path):
+                    os.unlink(path)
+                    fsync_dir(os.path.dirname(path))
+            else:
+                atomic_write(path, (new + "\n").encode(), self.token())
 
     # -- reflog: REPO/reflog/<ref>, one JSON line per move, appended ----------------------------
     def append_reflog(self, ref: str, line: str) -> None:

@@ -41,96 +41,18 @@ import threading
 import time
 import uuid
 from typing import Iterator, Optional
-from urllib.parse import urlparse
 
 import numpy as np
 
 from ..config import DEFAULT, Tuning
-from ..errors import CorafsError, MissingObject, RefConflict
+from ..errors import MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 from .diskcache import DiskCache
+from . import s3lease
 from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
+from .s3client import (S3Bucket, S3Error, describe, local_dir, lost_race, make_client, parse_url)
 
 _MiB = 1 << 20
-
-
-def is_url(spec: str) -> bool:
-    return isinstance(spec, str) and spec.startswith("s3://")
-
-
-def parse_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, prefix without slashes at either end)."""
-    u = urlparse(url)
-    if u.scheme != "s3" or not u.netloc:
-        raise CorafsError(f"not an S3 URL: {url} (expected s3://bucket/prefix)")
-    return u.netloc, u.path.strip("/")
-
-
-def cache_root() -> str:
-    return os.environ.get("CORAFS_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "corafs")
-
-
-def local_dir(url: str) -> str:
-    """This machine's directory for a remote repository: index cache, mount staging, logs."""
-    bucket, prefix = parse_url(url)
-    import hashlib
-    tag = hashlib.sha256(f"{bucket}/{prefix}".encode()).hexdigest()[:16]
-    return os.path.join(cache_root(), "s3", f"{bucket}-{tag}")
-
-
-class S3Error(CorafsError):
-    """A request the service refused for good (after retries): names the key and the code."""
-
-
-_ATTEMPTS = 10
-
-
-def _client():
-    import boto3
-    from botocore.config import Config
-    endpoint = os.environ.get("CORAFS_S3_ENDPOINT_URL") or None
-    client = boto3.client("s3", endpoint_url=endpoint, config=Config(
-        retries={"mode": "standard", "max_attempts": _ATTEMPTS},
-        max_pool_connections=32, connect_timeout=10, read_timeout=60))
-    client.meta.events.register_first("needs-retry.s3", _retry_after)
-    return client
-
-
-def _retry_after(response=None, attempts=None, **_kw):
-    """A temporary refusal that says when to come back (Retry-After, in seconds) is retried
-    after that long (capped at a minute, with jitter); otherwise botocore's standard mode
-    decides (exponential backoff with jitter)."""
-    if response is None or attempts is None or attempts >= _ATTEMPTS:
-        return None
-    http = response[0]
-    if getattr(http, "status_code", None) not in (408, 429, 500, 502, 503, 504):
-        return None
-    value = (getattr(http, "headers", None) or {}).get("Retry-After")
-    try:
-        delay = float(value)
-    except (TypeError, ValueError):
-        return None
-    import random
-    return min(max(delay, 0.0), 60.0) + random.uniform(0, 0.1)
-
-
-def _code(e) -> str:
-    r = getattr(e, "response", None) or {}
-    return str(r.get("Error", {}).get("Code") or r.get("ResponseMetadata", {}).get(
-        "HTTPStatusCode") or type(e).__name__)
-
-
-#: how services say "your condition did not hold" (a lost race, not a failure)
-_CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-
-
-def _lost_race(e) -> bool:
-    return _code(e) in _CONFLICT
-
-
-def _describe(e, bucket: str, key: str) -> S3Error:
-    return S3Error(f"S3 request for s3://{bucket}/{key} failed: {_code(e)}")
 
 
 class _S3Writer(ObjectWriter):
@@ -173,10 +95,10 @@ class _S3Writer(ObjectWriter):
         self._spool, self._table, self._size = None, [], 0
         try:
             spool.flush()
-            self.store._upload_file(spool.name, f"packs/{name}.pack")
+            self.store.remote.upload_file(spool.name, f"packs/{name}.pack")
             buf = io.BytesIO()
             np.save(buf, table)
-            self.store._put(f"index/{name}.idx", buf.getvalue())   # after its pack only
+            self.store.remote.put(f"index/{name}.idx", buf.getvalue())   # after its pack only
         finally:
             spool.close()
         self.store._add(name, table)
@@ -201,10 +123,11 @@ class S3Store(PackIndex, ObjectStore):
         self.url = url
         self.bucket, self.prefix = parse_url(url)
         self.tuning = tuning
-        self.s3 = client or _client()
-        self.local = local_dir(url)
-        self.tmpdir = os.path.join(self.local, "tmp")
-        self.idxdir = os.path.join(self.local, "index")
+        self.s3 = client or make_client()
+        self.remote = S3Bucket(self.s3, self.bucket, self.prefix)
+        self.state_dir = local_dir(url)
+        self.tmpdir = os.path.join(self.state_dir, "tmp")
+        self.idxdir = os.path.join(self.state_dir, "index")
         os.makedirs(self.idxdir, exist_ok=True)
         #: remote packs of 32 MiB (within 16-64 MiB): big enough for throughput, small enough
         #: that an interrupted upload loses little and a repack rewrites little
@@ -217,151 +140,53 @@ class S3Store(PackIndex, ObjectStore):
         self._lru: "collections.OrderedDict[str, bytes]" = collections.OrderedDict()
         self._lru_bytes = 0
         self._lru_max = max(64 * _MiB, tuning.block_cache_bytes // 2)
-        self.disk = DiskCache(os.path.join(self.local, "objects"))
+        self.disk = DiskCache(os.path.join(self.state_dir, "objects"))
         self._inflight: dict[str, threading.Event] = {}
         self._doomed: set[str] = set()
         self._scan()
 
-    # -- keys and requests ------------------------------------------------------------------
-    def _key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    def _put(self, rel: str, data: bytes, **cond):
-        from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            return self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data,
-                                      **cond)
-        except ClientError as e:
-            if _lost_race(e):
-                raise
-            raise _describe(e, self.bucket, self._key(rel)) from None
-        except BotoCoreError as e:
-            raise _describe(e, self.bucket, self._key(rel)) from None
-
-    def _get(self, rel: str, rng: Optional[str] = None) -> Optional[tuple[bytes, str]]:
-        """(body, etag), or None when the key does not exist."""
-        from botocore.exceptions import BotoCoreError, ClientError
-        kw = {"Range": rng} if rng else {}
-        try:
-            r = self.s3.get_object(Bucket=self.bucket, Key=self._key(rel), **kw)
-            return r["Body"].read(), r.get("ETag", "")
-        except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404") or (rng and _code(e) in ("InvalidRange",
-                                                                          "416")):
-                return None         # gone, or a pack shorter than its index says: missing
-            raise _describe(e, self.bucket, self._key(rel)) from None
-        except BotoCoreError as e:
-            raise _describe(e, self.bucket, self._key(rel)) from None
-
-    def _list(self, rel_prefix: str) -> Iterator[tuple[str, float]]:
-        """(key below the prefix, upload time) of every object under ``rel_prefix``."""
-        from botocore.exceptions import BotoCoreError, ClientError
-        base = self._key(rel_prefix)
-        strip = len(self._key(""))
-        try:
-            for page in self.s3.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=base):
-                for o in page.get("Contents", []):
-                    yield o["Key"][strip:], o["LastModified"].timestamp()
-        except ClientError as e:
-            raise _describe(e, self.bucket, base) from None
-        except BotoCoreError as e:
-            raise _describe(e, self.bucket, base) from None
-
-    def _upload_file(self, path: str, rel: str) -> None:
-        from boto3.s3.transfer import TransferConfig
-        from botocore.exceptions import BotoCoreError, ClientError
-        cfg = TransferConfig(multipart_threshold=16 * _MiB, multipart_chunksize=16 * _MiB,
-                             max_concurrency=8)
-        try:
-            self.s3.upload_file(path, self.bucket, self._key(rel), Config=cfg)
-        except (ClientError, BotoCoreError) as e:
-            raise _describe(e, self.bucket, self._key(rel)) from None
-        except Exception as e:      # boto3's S3UploadFailedError wraps the client error
-            raise S3Error(f"upload of s3://{self.bucket}/{self._key(rel)} failed: "
-                          f"{type(e).__name__}") from None
-
     # -- config -------------------------------------------------------------------------------
     def get_config(self) -> Optional[bytes]:
-        got = self._get("corafs.json")
+        got = self.remote.get("corafs.json")
         return got[0] if got else None
 
     def create_config(self, data: bytes) -> bool:
         """Write the config unless one exists; False when it does."""
         try:
-            self._put("corafs.json", data, IfNoneMatch="*")
+            self.remote.put("corafs.json", data, IfNoneMatch="*")
             return True
         except Exception as e:
-            if _lost_race(e):
+            if lost_race(e):
                 return False
-            raise _describe(e, self.bucket, self._key("corafs.json")) from None
+            raise describe(e, self.bucket, self.remote.key("corafs.json")) from None
 
     def update_config(self, change) -> dict:
         """Replace the config with ``change(config)`` (a dict), and return it. Written with
         If-Match on the ETag read, so a concurrent change on another machine is read again and
         applied to, never overwritten."""
         for _ in range(8):
-            got = self._get("corafs.json")
+            got = self.remote.get("corafs.json")
             if got is None:
-                raise S3Error(f"s3://{self.bucket}/{self._key('corafs.json')} is missing")
+                raise S3Error(f"s3://{self.bucket}/{self.remote.key('corafs.json')} is missing")
             cfg = change(json.loads(got[0]))
             try:
-                self._put("corafs.json", json.dumps(cfg, indent=2).encode(), IfMatch=got[1])
+                self.remote.put("corafs.json", json.dumps(cfg, indent=2).encode(), IfMatch=got[1])
                 return cfg
             except Exception as e:
-                if not _lost_race(e):
+                if not lost_race(e):
                     raise
-        raise S3Error(f"s3://{self.bucket}/{self._key('corafs.json')} kept changing under "
+        raise S3Error(f"s3://{self.bucket}/{self.remote.key('corafs.json')} kept changing under "
                       "this update: try again")
 
     def check_conditional_writes(self) -> None:
-        """Two writers racing to create one key, and a move with a stale ETag: the service
-        must refuse the loser each time, or concurrent commits could silently be lost."""
-        rel = f"probe/cas-{uuid.uuid4().hex}"
-        missing = []
-
-        def refused(**cond) -> bool:
-            try:
-                self._put(rel, b"x", **cond)
-                return False
-            except Exception as e:
-                if not _lost_race(e):
-                    raise
-                return True
-        try:
-            first = self._put(rel, b"a", IfNoneMatch="*")
-            if not refused(IfNoneMatch="*"):
-                missing.append("If-None-Match (create only if absent)")
-            if not refused(IfMatch='"0123456789abcdef0123456789abcdef"'):
-                missing.append("If-Match (replace only an expected version)")
-            if not missing:
-                try:                # deleting a branch is a conditional delete too
-                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel),
-                                          IfMatch='"0123456789abcdef0123456789abcdef"')
-                    missing.append("If-Match on DELETE (delete only an expected version)")
-                except Exception as e:
-                    if not _lost_race(e):
-                        raise
-            if not missing:
-                self._put(rel, b"d", IfMatch=first["ETag"])     # the right ETag must pass
-        finally:
-            try:
-                self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel))
-            except Exception:
-                pass
-        if missing:
-            raise CorafsError(
-                f"s3://{self.bucket}: this service does not honour conditional writes "
-                f"({'; '.join(missing)}). corafs moves refs by compare-and-swap and refuses "
-                "a store where two writers could both win; use a service that implements "
-                "them (AWS S3, MinIO, Ceph RGW 18+, R2)")
+        self.remote.check_conditional_writes()
 
     # -- index ----------------------------------------------------------------------------------
     def _scan(self) -> None:
         """Load the tables of packs not seen yet (other writers, other machines), and the
         packs a gc has scheduled for deletion."""
         self._doomed = self._read_doomed()
-        for rel, mtime in self._list("index/"):
+        for rel, mtime in self.remote.list("index/"):
             name = rel[len("index/"):-len(".idx")]
             if not rel.endswith(".idx") or name in self._packs:
                 continue
@@ -373,7 +198,7 @@ class S3Store(PackIndex, ObjectStore):
                 except (OSError, ValueError, EOFError):
                     table = None
             if table is None:
-                got = self._get(rel)
+                got = self.remote.get(rel)
                 if got is None:
                     continue
                 table = np.load(io.BytesIO(got[0]), allow_pickle=False)
@@ -393,67 +218,8 @@ class S3Store(PackIndex, ObjectStore):
 
     # -- a lease across machines ---------------------------------------------------------------
     def lease(self, name: str, blocking: bool = True, ttl: float = 300.0):
-        """Context manager: hold ``locks/<name>`` exclusively across machines (created with
-        If-None-Match, renewed with If-Match every ttl/3, taken over only once expired).
-        Yields whether it was taken (always, when blocking)."""
-        import contextlib
-        import json
-        import socket
-
-        @contextlib.contextmanager
-        def held():
-            rel = f"locks/{name}"
-            owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-            def body():
-                return json.dumps({"owner": owner, "expires": time.time() + ttl}).encode()
-            etag = None
-            while etag is None:
-                try:
-                    etag = self._put(rel, body(), IfNoneMatch="*")["ETag"]
-                    break
-                except Exception as e:
-                    if not _lost_race(e):
-                        raise
-                got = self._get(rel)
-                if got is not None:
-                    try:
-                        expired = json.loads(got[0]).get("expires", 0) < time.time()
-                    except ValueError:
-                        expired = True
-                    if expired:
-                        try:
-                            etag = self._put(rel, body(), IfMatch=got[1])["ETag"]
-                            break
-                        except Exception as e:
-                            if not _lost_race(e):
-                                raise
-                if not blocking:
-                    yield False
-                    return
-                time.sleep(0.5)
-            stop = threading.Event()
-            state = {"etag": etag}
-
-            def renew():
-                while not stop.wait(ttl / 3):
-                    try:
-                        state["etag"] = self._put(rel, body(), IfMatch=state["etag"])["ETag"]
-                    except Exception:
-                        return          # lost: it expires; the holder's work is idempotent
-            t = threading.Thread(target=renew, daemon=True, name=f"corafs-lease-{name}")
-            t.start()
-            try:
-                yield True
-            finally:
-                stop.set()
-                t.join()
-                try:
-                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel),
-                                          IfMatch=state["etag"])
-                except Exception:
-                    pass
-        return held()
+        """Hold ``locks/<name>`` across machines (``corafs.store.s3lease``)."""
+        return s3lease.lease(self.remote, name, blocking, ttl)
 
     # -- gc support ---------------------------------------------------------------------------
     def _read_doomed(self) -> set[str]:
@@ -466,8 +232,8 @@ class S3Store(PackIndex, ObjectStore):
         """Packs a gc scheduled for deletion (phase one), with when: ``gc/<time>-<rand>``."""
         import json
         out = []
-        for rel, _n in self._list("gc/"):
-            got = self._get(rel)
+        for rel, _n in self.remote.list("gc/"):
+            got = self.remote.get(rel)
             if got is not None:
                 try:
                     rec = json.loads(got[0])
@@ -479,12 +245,12 @@ class S3Store(PackIndex, ObjectStore):
 
     def add_gc_record(self, packs: list[str]) -> None:
         import json
-        self._put(f"gc/{time.time_ns():016x}-{uuid.uuid4().hex[:8]}.json",
+        self.remote.put(f"gc/{time.time_ns():016x}-{uuid.uuid4().hex[:8]}.json",
                   json.dumps({"packs": sorted(packs), "time": time.time()}).encode())
         self._doomed |= set(packs)
 
     def remove_gc_record(self, key: str) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self.remote.delete(key)
 
     def packs(self) -> dict[str, dict]:
         """Every pack: bytes, mtime (the index's upload time) and object table."""
@@ -513,10 +279,7 @@ class S3Store(PackIndex, ObjectStore):
         freed = 0
         for name in names:
             for rel in (f"index/{name}.idx", f"packs/{name}.pack"):
-                try:
-                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel))
-                except Exception as e:
-                    raise _describe(e, self.bucket, self._key(rel)) from None
+                self.remote.delete(rel)
             freed += self._packs.get(name, 0)
             try:
                 os.unlink(os.path.join(self.idxdir, name + ".idx"))
@@ -559,7 +322,7 @@ class S3Store(PackIndex, ObjectStore):
     def _fetch_uncached(self, oid: str, key: str, pack: str, off: int, ln: int) -> bytes:
         data = self.disk.get(key, ln)
         if data is None:
-            got = self._get(f"packs/{pack}.pack", f"bytes={off}-{off + ln - 1}") \
+            got = self.remote.get(f"packs/{pack}.pack", f"bytes={off}-{off + ln - 1}") \
                 if ln else (b"", "")
             if got is None or len(got[0]) != ln:
                 raise MissingObject(oid)
@@ -629,7 +392,7 @@ class S3Store(PackIndex, ObjectStore):
         pack = locs[0][1][0]
         start = min(loc[1] for _o, loc in locs)
         end = max(loc[1] + loc[2] for _o, loc in locs)
-        got = self._get(f"packs/{pack}.pack", f"bytes={start}-{end - 1}")
+        got = self.remote.get(f"packs/{pack}.pack", f"bytes={start}-{end - 1}")
         if got is None or len(got[0]) != end - start:
             return
         mv = memoryview(got[0])
@@ -652,7 +415,7 @@ class S3Store(PackIndex, ObjectStore):
         end = min(ln, offset + length)
         if end <= offset:
             return b""
-        got = self._get(f"packs/{pack}.pack", f"bytes={off + offset}-{off + end - 1}")
+        got = self.remote.get(f"packs/{pack}.pack", f"bytes={off + offset}-{off + end - 1}")
         if got is None:
             raise MissingObject(oid)
         return got[0]
@@ -675,7 +438,7 @@ class S3Store(PackIndex, ObjectStore):
 
     # -- refs ---------------------------------------------------------------------------------
     def _ref_get(self, name: str) -> tuple[Optional[str], Optional[str]]:
-        got = self._get(f"refs/{name}")
+        got = self.remote.get(f"refs/{name}")
         if got is None:
             return None, None
         return got[0].decode().strip() or None, got[1]
@@ -692,19 +455,19 @@ class S3Store(PackIndex, ObjectStore):
         try:
             if new is None:
                 if etag is not None:
-                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel), IfMatch=etag)
+                    self.remote.delete(rel, IfMatch=etag)
             elif etag is None:
-                self._put(rel, new.encode() + b"\n", IfNoneMatch="*")
+                self.remote.put(rel, new.encode() + b"\n", IfNoneMatch="*")
             else:
-                self._put(rel, new.encode() + b"\n", IfMatch=etag)
+                self.remote.put(rel, new.encode() + b"\n", IfMatch=etag)
         except (ClientError, BotoCoreError) as e:
-            if _lost_race(e):
+            if lost_race(e):
                 raise RefConflict(name, expected, self.get_ref(name)) from None
-            raise _describe(e, self.bucket, self._key(rel)) from None
+            raise describe(e, self.bucket, self.remote.key(rel)) from None
 
     def list_refs(self, prefix: str = "") -> dict[str, str]:
         out = {}
-        for rel, _n in self._list(f"refs/{prefix}"):
+        for rel, _n in self.remote.list(f"refs/{prefix}"):
             name = rel[len("refs/"):]
             v = self.get_ref(name)
             if v:
@@ -712,19 +475,19 @@ class S3Store(PackIndex, ObjectStore):
         return out
 
     def append_reflog(self, ref: str, line: str) -> None:
-        self._put(f"reflog/{ref}/{time.time_ns():016x}-{uuid.uuid4().hex[:8]}",
+        self.remote.put(f"reflog/{ref}/{time.time_ns():016x}-{uuid.uuid4().hex[:8]}",
                   line.rstrip("\n").encode() + b"\n")
 
     def read_reflog(self, ref: str) -> list[str]:
         out = []
-        for rel, _n in sorted(self._list(f"reflog/{ref}/")):
-            got = self._get(rel)
+        for rel, _n in sorted(self.remote.list(f"reflog/{ref}/")):
+            got = self.remote.get(rel)
             if got:
                 out.append(got[0].decode().rstrip("\n"))
         return out
 
     def reflog_refs(self) -> list[str]:
         refs = set()
-        for rel, _n in self._list("reflog/"):
+        for rel, _n in self.remote.list("reflog/"):
             refs.add(rel[len("reflog/"):].rsplit("/", 1)[0])
         return sorted(refs)

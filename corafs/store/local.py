@@ -5,8 +5,7 @@ Layout under ``<repo>/``::
     objects/pack-<time>-<rand>.h5   one contiguous uint8 dataset ``data`` + object table
     objects/pack-<time>-<rand>.idx  the same table as .npy, for fast start-up (rebuilt if
                                     missing)
-    refs/heads/<branch>, refs/tags/<tag>
-    refs.lock                  fcntl lock serializing ref compare-and-swap
+    refs/heads/<branch>, refs/tags/<tag>, reflog/, corafs.json: see ``corafs.store.filerefs``
 
 Durability order for a batch: pack written as ``*.h5.tmp``, fsynced, renamed, directory
 fsynced, then the .idx; refs are only moved by the caller after ``commit()`` returns. A crash
@@ -34,93 +33,54 @@ import fcntl
 import os
 import re
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import h5py
 import numpy as np
 
 from ..config import DEFAULT, Tuning
-from ..errors import CorruptObject, InvalidName, RefConflict
-from .base import CONFIG, ObjectStore, ObjectWriter
+from ..errors import CorruptObject
+from .base import ObjectStore, ObjectWriter
+from .batch import PackBatch
+from .filerefs import FileRefs
 from .fsutil import WriterToken, atomic_write, fsync_dir, temporaries, writer_alive
 from .hdf5pack import DATA_ROW, Pack, PackGone, PackWriter
 from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
 
 
-
-class _LocalWriter(ObjectWriter):
-    """One batch. From its creation until it is sealed it holds the repository's gc lock
-    shared, so a gc never deletes a pack whose objects this batch may have deduplicated
+class _LocalWriter(PackBatch):
+    """One batch of HDF5 packs. From its creation until it ends it holds the repository's gc
+    lock shared, so a gc never deletes a pack whose objects this batch may have deduplicated
     against; at creation it reloads the index if a gc ran since (``has`` must not answer from
     a stale index). A writer whose objects become reachable only later (a commit's ref move)
     holds ``LocalStore.claim`` until then."""
 
     def __init__(self, store: "LocalStore", gc_lock: bool = True):
+        super().__init__(store.tuning.pack_target)
         self.store = store
-        self.pack: Optional[PackWriter] = None
-        self.ids: set[str] = set()
-        self.done = False
-        self._lock = threading.Lock()      # this batch only: never blocks readers
         self._gc_fd: Optional[int] = store._gc_shared() if gc_lock else None
 
-    def has(self, oid: str) -> bool:
-        return oid in self.ids
+    def _new_pack(self) -> PackWriter:
+        return PackWriter(self.store.objdir, self.store.token())
 
-    def put(self, oid: str, data) -> None:
-        if oid in self.ids:
-            return
-        with self._lock:
-            if self.pack is None:
-                self.pack = PackWriter(self.store.objdir, self.store.token())
-            self.pack.put(oid, data)
-            self.ids.add(oid)
-            if self.pack.nbytes >= self.store.tuning.pack_target:
-                self._seal()
-
-    def _seal(self) -> None:
-        pack, self.pack = self.pack, None
-        try:
-            table = pack.finish()
-        except BaseException:
-            pack.abort()
-            raise
+    def _seal_pack(self, pack: PackWriter) -> None:
+        table = pack.finish()
         with self.store._lock:
             self.store._add_pack(pack.name, table)
 
-    def commit(self) -> None:
-        if self.done:
-            return
-        try:
-            with self._lock:
-                if self.pack is not None:
-                    self._seal()
-        finally:
-            self.done = True
-            self._unlock()
-
-    def abort(self) -> None:
-        try:
-            with self._lock:
-                if self.pack is not None:
-                    self.pack.abort()
-                    self.pack = None
-        finally:
-            self.done = True
-            self._unlock()
-
-    def _unlock(self) -> None:
+    def _release(self) -> None:
         fd, self._gc_fd = self._gc_fd, None
         if fd is not None:
             os.close(fd)
 
     def __del__(self):
         try:
-            self._unlock()
+            self._release()
         except Exception:
             pass
 
 
-class LocalStore(PackIndex, ObjectStore):
+class LocalStore(FileRefs, PackIndex, ObjectStore):
     def __init__(self, root: str, tuning: Tuning = DEFAULT):
         self.root = self.state_dir = root
         self.tuning = tuning
@@ -483,113 +443,3 @@ class LocalStore(PackIndex, ObjectStore):
             for f in self._handles.values():
                 f.close()
             self._handles.clear()
-
-    # -- refs ----------------------------------------------------------------------------------
-    def _ref_path(self, name: str) -> str:
-        parts = name.split("/")
-        if any(p in ("", ".", "..") for p in parts) or "\0" in name:
-            raise InvalidName(name, "not a ref name")
-        return os.path.join(self.refdir, *parts)
-
-    def get_ref(self, name: str) -> Optional[str]:
-        try:
-            with open(self._ref_path(name), "r") as f:
-                return f.read().strip() or None
-        except FileNotFoundError:
-            return None
-
-    def _refs_locked(self):
-        """The fcntl lock that serializes ref (and config) changes between processes."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def held():
-            with open(os.path.join(self.root, "refs.lock"), "a+") as lk:
-                fcntl.flock(lk.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(lk.fileno(), fcntl.LOCK_UN)
-        return held()
-
-    # -- config: REPO/corafs.json ---------------------------------------------------------------
-    def get_config(self) -> Optional[bytes]:
-        try:
-            with open(os.path.join(self.root, CONFIG), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-    def create_config(self, data: bytes) -> bool:
-        with self._refs_locked():
-            if os.path.exists(os.path.join(self.root, CONFIG)):
-                return False
-            atomic_write(os.path.join(self.root, CONFIG), data)
-            return True
-
-    def update_config(self, change: Callable[[dict], dict]) -> dict:
-        import json
-        with self._refs_locked():
-            raw = self.get_config()
-            if raw is None:
-                raise CorruptObject(f"{os.path.join(self.root, CONFIG)} is missing")
-            cfg = change(json.loads(raw))
-            atomic_write(os.path.join(self.root, CONFIG), json.dumps(cfg, indent=2).encode())
-            return cfg
-
-    def cas_ref(self, name: str, expected: Optional[str], new: Optional[str]) -> None:
-        path = self._ref_path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with self._refs_locked():
-            current = self.get_ref(name)
-            if current != expected:
-                raise RefConflict(name, expected, current)
-            if new is None:
-                if os.path.exists(path):
-                    os.unlink(path)
-                    fsync_dir(os.path.dirname(path))
-            else:
-                atomic_write(path, (new + "\n").encode(), self.token())
-
-    # -- reflog: REPO/reflog/<ref>, one JSON line per move, appended ----------------------------
-    def append_reflog(self, ref: str, line: str) -> None:
-        path = os.path.join(self.root, "reflog", *self._ref_path(ref)[len(self.refdir) + 1:]
-                            .split(os.sep))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, (line.rstrip("\n") + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def read_reflog(self, ref: str) -> list[str]:
-        path = os.path.join(self.root, "reflog", *self._ref_path(ref)[len(self.refdir) + 1:]
-                            .split(os.sep))
-        try:
-            with open(path) as f:
-                return [ln for ln in f.read().splitlines() if ln.strip()]
-        except FileNotFoundError:
-            return []
-
-    def reflog_refs(self) -> list[str]:
-        base = os.path.join(self.root, "reflog")
-        out = []
-        for dirpath, _d, files in os.walk(base):
-            for fn in files:
-                out.append(os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/"))
-        return sorted(out)
-
-    def list_refs(self, prefix: str = "") -> dict[str, str]:
-        out = {}
-        base = self.refdir
-        for dirpath, _dirs, files in os.walk(base):
-            for fn in files:
-                if ".tmp" in fn:
-                    continue
-                rel = os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/")
-                if rel.startswith(prefix):
-                    val = self.get_ref(rel)
-                    if val:
-                        out[rel] = val
-        return out

@@ -47,6 +47,7 @@ import numpy as np
 from ..config import DEFAULT, Tuning
 from ..errors import MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
+from .batch import PackBatch
 from .diskcache import DiskCache
 from . import s3lease
 from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
@@ -55,65 +56,48 @@ from .s3client import (S3Bucket, S3Error, describe, local_dir, lost_race, make_c
 _MiB = 1 << 20
 
 
-class _S3Writer(ObjectWriter):
+class _SpoolPack:
+    """A pack being filled: objects appended to a local temporary file."""
+
+    def __init__(self, tmpdir: str):
+        os.makedirs(tmpdir, exist_ok=True)
+        self.spool = tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".pack.tmp")
+        self.table: list[tuple[str, int, int]] = []
+        self.nbytes = 0
+
+    def put(self, oid: str, data) -> None:
+        mv = memoryview(data).cast("B")
+        self.spool.write(mv)
+        self.table.append((oid, self.nbytes, mv.nbytes))
+        self.nbytes += mv.nbytes
+
+    def abort(self) -> None:
+        self.spool.close()
+
+
+class _S3Writer(PackBatch):
     """Objects spooled to a local file; each full pack is uploaded, then its index."""
 
     def __init__(self, store: "S3Store"):
+        super().__init__(store.pack_target)
         self.store = store
-        self.ids: set[str] = set()
-        self._lock = threading.Lock()
-        self._spool: Optional[tempfile._TemporaryFileWrapper] = None
-        self._table: list[tuple[str, int, int]] = []
-        self._size = 0
-        self.done = False
         store._scan()        # dedup (has) answers from a fresh index
 
-    def has(self, oid: str) -> bool:
-        return oid in self.ids
+    def _new_pack(self) -> _SpoolPack:
+        return _SpoolPack(self.store.tmpdir)
 
-    def put(self, oid: str, data) -> None:
-        if oid in self.ids:
-            return
-        mv = memoryview(data).cast("B")
-        with self._lock:
-            if self._spool is None:
-                os.makedirs(self.store.tmpdir, exist_ok=True)
-                self._spool = tempfile.NamedTemporaryFile(dir=self.store.tmpdir,
-                                                          suffix=".pack.tmp")
-            self._spool.write(mv)
-            self._table.append((oid, self._size, mv.nbytes))
-            self._size += mv.nbytes
-            self.ids.add(oid)
-            if self._size >= self.store.pack_target:
-                self._seal()
-
-    def _seal(self) -> None:
-        if self._spool is None:
-            return
+    def _seal_pack(self, pack: _SpoolPack) -> None:
         name = f"{time.time_ns():016x}-{uuid.uuid4().hex[:16]}"
-        spool, table = self._spool, np.array(self._table, dtype=_IDX_DTYPE)
-        self._spool, self._table, self._size = None, [], 0
+        table = np.array(pack.table, dtype=_IDX_DTYPE)
         try:
-            spool.flush()
-            self.store.remote.upload_file(spool.name, f"packs/{name}.pack")
+            pack.spool.flush()
+            self.store.remote.upload_file(pack.spool.name, f"packs/{name}.pack")
             buf = io.BytesIO()
             np.save(buf, table)
             self.store.remote.put(f"index/{name}.idx", buf.getvalue())   # after its pack only
         finally:
-            spool.close()
+            pack.spool.close()
         self.store._add(name, table)
-
-    def commit(self) -> None:
-        with self._lock:
-            self._seal()
-            self.done = True
-
-    def abort(self) -> None:
-        with self._lock:
-            if self._spool is not None:
-                self._spool.close()
-                self._spool = None
-            self.done = True
 
 
 class S3Store(PackIndex, ObjectStore):

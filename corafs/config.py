@@ -66,7 +66,7 @@ class Tuning:
     #: cache. The mount daemon sets it: it keeps decoded blocks itself and the kernel caches
     #: the files it serves, so caching the packs too only costs a copy and page-cache upkeep
     #: (measured: 110 MB of blocks read cold with 73 ms of CPU buffered, 6 ms direct). Its
-    #: buffers sit in huge pages (daemon.mount._tune_malloc): into 4 KiB pages a virtio disk
+    #: buffers sit in huge pages (daemon.memory.tune_malloc): into 4 KiB pages a virtio disk
     #: reads O_DIRECT at ~1 GB/s, slower than through the page cache.
     direct_reads: bool = False
     direct_read_min: int = 256 << 10

@@ -176,13 +176,13 @@ def test_direct_reads_return_the_same_bytes(tmp_path, work, size):
     with Repository(path, tuning=dataclasses.replace(tuning, direct_reads=True)) as r:
         for name, p in files.items():
             assert sha256_bytes(r.read_file(f"main:{name}")) == sha256_file(p)
-        used = {h.dfd for h in r.store._handles.values() if h.dfd is not None}
+        direct = r.store.direct_reads
     try:                          # a filesystem that refuses O_DIRECT: the fallback was used
         os.close(os.open(files["f0.bin"], os.O_RDONLY | os.O_DIRECT))
         supported = True
     except OSError:
         supported = False
-    assert (max(used) >= 0) if supported else (used == {-1})
+    assert (direct > 0) if supported else (direct == 0)
 
 
 def _thp_mode() -> str:
@@ -197,13 +197,13 @@ def _thp_mode() -> str:
 def test_daemon_read_buffers_come_from_huge_pages():
     """The daemon's heap is faulted in as huge pages before it serves, and a block-sized
     buffer allocated afterwards (where O_DIRECT reads land) reuses that memory: a 4 MiB
-    read is then one block-layer request instead of four (see _tune_malloc)."""
+    read is then one block-layer request instead of four (see daemon.memory.tune_malloc)."""
     import subprocess
     import sys
     code = (
         "import numpy as np\n"
-        "from corafs.daemon.mount import _tune_malloc\n"
-        "_tune_malloc(64 << 20)\n"
+        "from corafs.daemon.memory import tune_malloc\n"
+        "tune_malloc(64 << 20)\n"
         "buf = np.empty(4 << 20, np.uint8); buf[:] = 1\n"
         "lo_b, hi_b = buf.ctypes.data, buf.ctypes.data + buf.nbytes\n"
         "covered = 0\n"

@@ -90,6 +90,8 @@ class LocalStore(FileRefs, PackIndex, ObjectStore):
         self._index: dict[str, tuple[str, int, int]] = {}
         self._packs: set[str] = set()
         self._where: dict[str, tuple[int, int]] = {}
+        #: reads served with O_DIRECT (bypassing the page cache), for the stats and tests
+        self.direct_reads = 0
         self._handles: "collections.OrderedDict[str, Pack]" = collections.OrderedDict()
         self._token: Optional[WriterToken] = None
         self._tables: dict[str, np.ndarray] = {}     # pack -> its object table
@@ -377,6 +379,8 @@ class LocalStore(FileRefs, PackIndex, ObjectStore):
             data = h.read_direct(off, ln) if direct else None
             if data is None:
                 data = h.read(off, ln)
+            else:
+                self.direct_reads += 1
             if len(data) != ln:
                 raise CorruptObject(oid, f"short read from pack {pack}")
             return data
@@ -394,6 +398,16 @@ class LocalStore(FileRefs, PackIndex, ObjectStore):
 
     def size_of(self, oid: str) -> int:
         return self._locate(oid)[2]
+
+    def extent(self, oid: str) -> Optional[tuple[str, int, int]]:
+        """Where an object's bytes lie on disk: (pack file, offset in it, length); None when
+        it is not stored. For fsck's messages and the tests that damage a pack on purpose."""
+        loc = self._index.get(oid)
+        if loc is None:
+            return None
+        pack, off, ln = loc
+        return (os.path.join(self.objdir, pack + ".h5"),
+                self._where.get(pack, (0, 0))[0] + off, ln)
 
     def writer(self, gc_lock: bool = True) -> ObjectWriter:
         """A batch. ``gc_lock=False`` only for a gc that holds the lock exclusively itself."""

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+from harness import Report, checkpoints_dir  # noqa: E402
 from transformer_run import generate  # noqa: E402
 
 from corafs import codecs  # noqa: E402
@@ -211,22 +212,24 @@ SCHEMES = [("forward(D)", forward), ("unbounded", unbounded), ("FSFS skip-deltas
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ckpts", default="/tmp/corafs-ckpts")
+    ap.add_argument("--ckpts", default=checkpoints_dir())
     ap.add_argument("--depth", type=int, nargs="+", default=[8, 16])
     a = ap.parse_args()
+    rep = Report("anchor_schemes", depth=a.depth)
     for label, series in (("31 checkpoints", generate(a.ckpts, 31, 10)),):
         for kind in ("fp32", "bf16"):
             cache = os.path.join(a.ckpts, f"costs-{len(series)}-{kind}.json")
             c = Costs(*cost_matrix(series, kind, cache))
             for n in (10, len(series)):
                 for D in a.depth:
-                    print(f"{label}, {kind}, first {n}, max_delta_depth {D}")
                     base = unbounded(c, n, D)[0]
                     for name, fn in SCHEMES:
                         tot, md, kf, work = fn(c, n, D)
-                        print(f"  {name:28} {c.raw * n / tot:5.2f}x  ({base / tot:.3f} of "
-                              f"unbounded)  deepest {md:2d}  keyframes {kf}  "
-                              f"re-encodes/commit {work:.1f}")
+                        rep.row(f"{label}, {kind}, first {n}, max_delta_depth {D}: {name}",
+                                c.raw * n / tot, "x", baseline=c.raw * n / base,
+                                baseline_what="unbounded chains", deepest=md, keyframes=kf,
+                                reencodes_per_commit=work)
+    rep.done("simulated from measured block costs; compression = raw / stored")
 
 
 if __name__ == "__main__":

@@ -22,26 +22,22 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import drop_caches  # noqa: E402
+from harness import Report, checkpoints_dir, drop_caches, timed, workdir  # noqa: E402
 from transformer_run import generate  # noqa: E402
 
 
 def timed_cmd(args) -> float:
-    t = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    return timed(subprocess.run, args, check=True, stdout=subprocess.DEVNULL)[0]
 
 
 def cold(fn, repeat) -> float:
-    out = []
-    for _ in range(repeat):
+    """Median seconds of ``fn`` run after drop_caches each time."""
+    def once():
         drop_caches()
-        out.append(fn())
-    return statistics.median(out)
+        return fn()
+    return statistics.median(once() for _ in range(repeat))
 
 
 READ_LOCAL = "import sys,time; t=time.perf_counter(); open(sys.argv[1],'rb').read(); " \
@@ -60,14 +56,13 @@ def in_process(code, *args) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="/tmp/corafs-ckpts")
+    ap.add_argument("--out", default=checkpoints_dir())
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     series = generate(a.out, 10)
     cli = [sys.executable, "-m", "corafs"]
-    rows = []
-    tmp = tempfile.mkdtemp(prefix="corafs-bench-api-", dir=os.environ.get("BENCH_DIR"))
-    try:
+    rep = Report("api", repeat=a.repeat)
+    with workdir("api") as tmp:
         for kind in ("fp32", "bf16"):
             repo = os.path.join(tmp, f"repo-{kind}")
             subprocess.run(cli + ["init", repo], check=True, stdout=subprocess.DEVNULL)
@@ -95,24 +90,17 @@ def main():
                 os.unlink(dest)
                 return t
             t_cp, t_exp = cold(cp, a.repeat), cold(export, a.repeat)
-            rows += [
-                (kind, "commit (CLI, per checkpoint dir)", f"{statistics.median(rates):.0f} MB/s",
-                 "", ">= 300 MB/s"),
-                (kind, "corafs.open head .pth read", f"{mb / t_head:.0f} MB/s",
-                 f"{local / t_head:.2f}x local ({mb / local:.0f} MB/s)", ">= 0.5x"),
-                (kind, "corafs.open oldest .pth read", f"{mb / t_old:.0f} MB/s",
-                 f"{local / t_old:.2f}x local", ""),
-                (kind, "export oldest .pth (CLI)", f"{mb / t_exp:.0f} MB/s",
-                 f"{t_cp / t_exp:.2f}x cp ({mb / t_cp:.0f} MB/s)", ">= 0.3x"),
-            ]
+            rep.row(f"{kind}: corafs commit (CLI), per checkpoint dir, median",
+                    statistics.median(rates), "MB/s", aim=">= 300 MB/s")
+            rep.row(f"{kind}: corafs.open head .pth read, cold", mb / t_head, "MB/s",
+                    baseline=mb / local, baseline_what="local read, cold", aim="ratio >= 0.5")
+            rep.row(f"{kind}: corafs.open oldest (main~9) .pth read, cold", mb / t_old, "MB/s",
+                    baseline=mb / local, baseline_what="local read, cold")
+            rep.row(f"{kind}: corafs export of the oldest .pth, cold", mb / t_exp, "MB/s",
+                    baseline=mb / t_cp, baseline_what="cp, cold", aim="ratio >= 0.3")
             shutil.rmtree(repo)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{os.cpu_count()} cores; cold (drop_caches), medians of {a.repeat}; .pth files of "
-          f"{mb:.0f} MB")
-    print(f"{'series':<6} {'what':<34} {'speed':>10}  {'ratio':<30} aim")
-    for r in rows:
-        print(f"{r[0]:<6} {r[1]:<34} {r[2]:>10}  {r[3]:<30} {r[4]}")
+    rep.done(f"{os.cpu_count()} cores; cold (drop_caches), medians of {a.repeat}; .pth "
+             f"files of {mb:.0f} MB")
 
 
 if __name__ == "__main__":

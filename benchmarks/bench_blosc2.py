@@ -4,7 +4,8 @@ fine-tune-sized update. Prints ratio and encode/decode speed side by side.
 
   python benchmarks/bench_blosc2.py
 """
-import time
+import os
+import sys
 
 import blosc2
 import numpy as np
@@ -12,13 +13,12 @@ import numpy as np
 from corafs.codecs import planes
 from corafs.codecs import reference as transforms
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Report, best  # noqa: E402
 
-def t(f, k=20):
-    f()
-    s = time.perf_counter()
-    for _ in range(k):
-        f()
-    return (time.perf_counter() - s) / k
+
+def t(f):
+    return best(f, 20)
 
 
 def main():
@@ -30,19 +30,24 @@ def main():
              "osub delta": transforms.sub_delta(N.copy(), B.copy(), 4)}
     blosc2.set_nthreads(1)
     mb = N.size / 1e6
-    print(f"{'data':<11} {'pipeline':<36} {'ratio':>7} {'enc MB/s':>9} {'dec MB/s':>9}")
+    rep = Report("blosc2")
     for name, d in cases.items():
         z = planes.encode(d, 4, 1)
-        print(f"{name:<11} {'corafs planes + zstd-1':<36} {len(z) / d.size:7.4f} "
-              f"{mb / t(lambda: planes.encode(d, 4, 1)):9.0f} {mb / t(lambda: planes.decode(z, d.size)):9.0f}")
+        ours = (len(z) / d.size, mb / t(lambda: planes.encode(d, 4, 1)),
+                mb / t(lambda: planes.decode(z, d.size)))
         for filt, lbl in (([blosc2.Filter.SHUFFLE], "shuffle"),
                           ([blosc2.Filter.SHUFFLE, blosc2.Filter.BYTEDELTA], "shuffle+bytedelta")):
             for lvl in (1, 3):
                 kw = dict(codec=blosc2.Codec.ZSTD, clevel=lvl, typesize=4, filters=filt, nthreads=1)
                 c = blosc2.compress2(d, **kw)
-                print(f"{'':<11} {'blosc2 ' + lbl + f' zstd-{lvl}':<36} {len(c) / d.size:7.4f} "
-                      f"{mb / t(lambda: blosc2.compress2(d, **kw)):9.0f} "
-                      f"{mb / t(lambda: blosc2.decompress2(c)):9.0f}")
+                theirs = (len(c) / d.size, mb / t(lambda: blosc2.compress2(d, **kw)),
+                          mb / t(lambda: blosc2.decompress2(c)))
+                other = f"blosc2 {lbl} zstd-{lvl}"
+                for k, (what, unit) in enumerate((("stored", "of raw"), ("encode", "MB/s"),
+                                                  ("decode", "MB/s"))):
+                    rep.row(f"{name}: corafs planes + zstd-1 {what}", ours[k], unit,
+                            baseline=theirs[k], baseline_what=other)
+    rep.done("one thread, 4 MiB fp32 blocks")
 
 
 if __name__ == "__main__":

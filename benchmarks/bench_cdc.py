@@ -20,7 +20,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 
 import xxhash
@@ -29,6 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from corafs import Repository  # noqa: E402
 from corafs.config import Tuning  # noqa: E402
+from harness import Report, checkpoints_dir, workdir  # noqa: E402
 
 
 def tokenizer_json(n_bytes: int, seed: int) -> bytes:
@@ -91,7 +91,7 @@ def corafs_reuse(a: bytes, b: bytes, work: str, tuning: Tuning) -> tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ckpts", default="/tmp/corafs-ckpts")
+    ap.add_argument("--ckpts", default=checkpoints_dir())
     a = ap.parse_args()
     files = {
         "tokenizer.json": tokenizer_json(1_000_000, 0),
@@ -99,18 +99,18 @@ def main() -> None:
         "random (64 MB)": random.Random(1).randbytes(64 << 20),
     }
     t = Tuning()
-    print(f"chunk_avg {t.chunk_avg >> 10} KiB; 100 bytes inserted at the middle of each file")
-    print(f"{'file':34} {'size':>9} {'corafs CDC':>11} {'fixed 4 MiB':>12} "
-          f"{'fixed ' + str(t.chunk_avg >> 10) + ' KiB':>11} {'CDC/fixed4M':>12} {'ingest MB/s':>12}")
+    rep = Report("cdc", chunk_avg=t.chunk_avg)
     for name, data in files.items():
         mid = len(data) // 2
         b = data[:mid] + random.Random(2).randbytes(100) + data[mid:]
-        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as w:
+        with workdir("cdc") as w:
             cdc, speed, fmt = corafs_reuse(data, b, w, t)
         f4 = fixed_reuse(data, b, 4 << 20)
         fa = fixed_reuse(data, b, t.chunk_avg)
-        print(f"{name:34} {len(data) / 1e6:7.1f}MB {cdc:10.1%} {f4:12.1%} {fa:11.1%} "
-              f"{(cdc / f4 if f4 else float('inf')):11.1f}x {speed:11.0f}   ({fmt})")
+        rep.row(f"{name} ({len(data) / 1e6:.1f} MB, {fmt}): bytes reused after an insertion",
+                cdc, "share", baseline=f4, baseline_what="fixed 4 MiB chunks",
+                ratio=cdc / f4 if f4 else float("inf"), fixed_chunk_avg=fa, ingest_mb_s=speed)
+    rep.done(f"chunk_avg {t.chunk_avg >> 10} KiB; 100 bytes inserted at the middle of each file")
 
 
 if __name__ == "__main__":

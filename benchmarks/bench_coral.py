@@ -10,15 +10,14 @@ and corafs (every checkpoint exported again with its original sha256).
 """
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import WIDTH, nontensor_bytes, planes_zstd, storages  # noqa: E402
+from harness import Report, workdir  # noqa: E402
 
 from corafs import Repository  # noqa: E402
 from corafs.codecs import transforms  # noqa: E402
@@ -90,8 +89,8 @@ def reference_size(paths):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="corafs-coral-")
-    try:
+    rep = Report("coral")
+    with workdir("coral") as tmp:
         paths = make_models(tmp)
         naive = sum(os.path.getsize(p) for _, p, _ in paths)
         ref = reference_size(paths)
@@ -112,17 +111,16 @@ def main():
             st = r.stats()
         elapsed = time.perf_counter() - t
         stored = st.stored_bytes + st.meta_bytes
-        print(f"\n18 models, naive size {naive / 1e6:.2f} MB (sum of the .pth files)")
-        print(f"{'method':<58} {'bytes':>10} {'ratio':>7}")
-        print(f"{'Coral (published claim, not bit-exact)':<58} {'':>10} {1.91:>6.2f}x")
-        print(f"{'Coral default, as run (not bit-exact)':<58} {'':>10} {1.6:>6.2f}x")
-        print(f"{'lossless reference (dedup + int deltas + planes + zstd-3)':<58} {ref:>10} {naive / ref:>6.2f}x")
-        print(f"{'corafs, objects + metadata (bit-exact, sha256-checked)':<58} {stored:>10} {naive / stored:>6.2f}x")
-        print(f"{'corafs, whole repository on disk (HDF5 packs, indexes)':<58} {st.disk_bytes:>10} {naive / st.disk_bytes:>6.2f}x")
-        print(f"\ncorafs vs reference: {ref / stored:.3f}x smaller; aim >= 1.85x naive. "
-              f"keyframes {st.keyframes}, deltas {st.deltas}; {elapsed:.1f}s")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        rep.row("Coral, published claim (not bit-exact)", 1.91, "x")
+        rep.row("Coral default, as run (not bit-exact)", 1.6, "x")
+        rep.row("corafs, objects + metadata (bit-exact, sha256-checked)", naive / stored, "x",
+                baseline=naive / ref, baseline_what="lossless reference (dedup + int deltas + "
+                "planes + zstd-3)", aim=">= 1.85x", keyframes=st.keyframes, deltas=st.deltas,
+                seconds=elapsed)
+        rep.row("corafs, whole repository on disk (HDF5 packs, indexes)",
+                naive / st.disk_bytes, "x")
+    rep.done(f"18 models, naive size {naive / 1e6:.2f} MB (sum of the .pth files); "
+             "compression = naive / stored")
 
 
 if __name__ == "__main__":

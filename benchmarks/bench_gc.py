@@ -10,21 +10,16 @@
 """
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 import safetensors.numpy
 
 from corafs import Repository
 
-
-def corafs(*args):
-    return subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                          capture_output=True, text=True).stdout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Report, corafs, mounted, timed, workdir  # noqa: E402
 
 
 def objects_bytes(repo):
@@ -34,14 +29,9 @@ def objects_bytes(repo):
 
 
 def ls_history(repo, mnt) -> float:
-    corafs("mount", repo, mnt)
-    try:
-        t0 = time.perf_counter()
-        subprocess.run(["ls", "-l", f"{mnt}/@history/main"], check=True,
-                       stdout=subprocess.DEVNULL)
-        return time.perf_counter() - t0
-    finally:
-        corafs("umount", mnt)
+    with mounted(repo, mnt) as m:
+        return timed(subprocess.run, ["ls", "-l", f"{m}/@history/main"], check=True,
+                     stdout=subprocess.DEVNULL)[0]
 
 
 def main() -> None:
@@ -49,10 +39,9 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=1000)
     ap.add_argument("--mib", type=int, default=100)
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="corafs-bench-gc-", dir=os.environ.get("TMPDIR"))
-    try:
+    rep = Report("gc", commits=a.commits, mib=a.mib)
+    with workdir("gc") as work:
         repo, mnt = os.path.join(work, "repo"), os.path.join(work, "mnt")
-        os.makedirs(mnt)
         corafs("init", repo)
         rng = np.random.default_rng(0)
         base = os.path.join(work, "base.safetensors")
@@ -68,13 +57,12 @@ def main() -> None:
         branch_bytes = objects_bytes(repo) - before
         corafs("branch", repo, "-d", "exp")
         total = objects_bytes(repo)
-        t0 = time.perf_counter()
-        corafs("gc", repo, "--grace", "0", "--expire-reflog", "now")
-        t_gc = time.perf_counter() - t0
+        t_gc, _ = timed(corafs, "gc", repo, "--grace", "0", "--expire-reflog", "now")
         freed = total - objects_bytes(repo)
-        print(f"deleted branch holding {branch_bytes / 2**20:.1f} MiB stored "
-              f"({a.mib} MiB of tensors): gc freed {freed / 2**20:.1f} MiB = "
-              f"{freed / branch_bytes:.1%} (aim >= 95%) in {t_gc:.2f} s")
+        rep.row("gc: stored bytes of a deleted branch freed", freed / 2**20, "MiB",
+                baseline=branch_bytes / 2**20, baseline_what="stored by the branch",
+                aim=">= 0.95")
+        rep.row("gc time", t_gc, "s")
 
         with Repository(repo) as r:
             for i in range(a.commits):
@@ -82,18 +70,16 @@ def main() -> None:
                                                             "target": str(i)}}, f"c{i}")
             packs_before = len(r.store.packs())
         t_before = ls_history(repo, mnt)
-        t0 = time.perf_counter()
-        corafs("repack", repo, "--grace", "0")
-        t_repack = time.perf_counter() - t0
+        t_repack, _ = timed(corafs, "repack", repo, "--grace", "0")
         with Repository(repo) as r:
             packs_after = len(r.store.packs())
         t_after = ls_history(repo, mnt)
-        print(f"{a.commits} one-commit packs: {packs_before} packs -> {packs_after} after "
-              f"repack ({t_repack:.2f} s)")
-        print(f"ls -l @history/main ({a.commits + 3} commits): before {t_before:.3f} s, after "
-              f"{t_after:.3f} s (aim < 0.5 s)")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        rep.row(f"packs after repack of {a.commits} one-commit packs", packs_after, "packs",
+                baseline=packs_before, baseline_what="packs before")
+        rep.row("repack time", t_repack, "s")
+        rep.row(f"ls -l @history/main ({a.commits + 3} commits) after repack", t_after, "s",
+                baseline=t_before, baseline_what="before repack", aim="< 0.5 s")
+    rep.done()
 
 
 if __name__ == "__main__":

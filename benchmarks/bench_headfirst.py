@@ -22,11 +22,11 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import cat, corafs, drop_caches, timed_load  # noqa: E402
+from harness import (Report, cat, checkpoints_dir, drop_caches, mounted,  # noqa: E402
+                     timed_load, workdir)
 from transformer_run import generate, parameters  # noqa: E402
 
 from corafs import Repository  # noqa: E402
@@ -68,27 +68,21 @@ def reads(repo, mnt, files_head, files_old, n, reps=3):
 
     def cold_mount(fn):
         def run():
-            corafs("mount", repo, mnt)
-            try:
+            with mounted(repo, mnt):
                 drop_caches()
                 return fn()
-            finally:
-                corafs("umount", mnt)
         return median(run)
 
     st_head = files_head["model.safetensors"]
     rows.append(("cold cat head .safetensors", cold_local(lambda: cat(st_head)),
                  cold_mount(lambda: cat(os.path.join(mnt, "main", "model.safetensors")))))
     # warm: the kernel's page cache holds both (read twice before timing)
-    corafs("mount", repo, mnt)
-    try:
-        path = os.path.join(mnt, "main", "model.safetensors")
+    with mounted(repo, mnt) as m:
+        path = os.path.join(m, "main", "model.safetensors")
         cat(path)
         cat(st_head)
         rows.append(("warm cat head .safetensors", min(cat(st_head) for _ in range(3)),
                      min(cat(path) for _ in range(3))))
-    finally:
-        corafs("umount", mnt)
     for mmap in (False, True):
         rows.append((f"cold torch.load head .pth{' mmap' if mmap else ''}",
                      cold_local(lambda: timed_load(files_head["model.pth"], mmap)),
@@ -101,7 +95,7 @@ def reads(repo, mnt, files_head, files_old, n, reps=3):
     return rows
 
 
-def big(work, mib):
+def big(rep, work, mib):
     """Today's 1 GiB case: a state dict of ``mib`` MiB committed twice (a fine-tune step),
     head-first against forward; commit and re-encode speed, cold cat of head and of head~1."""
     import numpy as np
@@ -118,10 +112,6 @@ def big(work, mib):
         paths.append(p)
     size = os.path.getsize(paths[-1])
     mnt = os.path.join(work, "mnt")
-    os.makedirs(mnt, exist_ok=True)
-    print(f"\n{size / 2**30:.2f} GiB state dict, two versions (fp32, a fine-tune step apart)")
-    print(f"{'encoding':<18} {'commit MB/s':>11} {'re-encode MB/s':>14} {'cold head MB/s':>14} "
-          f"{'ratio':>6} {'cold head~1 MB/s':>16} {'ratio':>6}")
     def cold_local():
         drop_caches()
         return cat(paths[-1])
@@ -145,78 +135,77 @@ def big(work, mib):
         for spec in ("main", "main~1"):
             times = []
             for _ in range(3):              # median of 3: single cold runs vary by 30%
-                corafs("mount", rp, mnt)
-                try:
+                with mounted(rp, mnt) as m:
                     drop_caches()
-                    times.append(cat(os.path.join(mnt, spec, "model.safetensors")))
-                finally:
-                    corafs("umount", mnt)
+                    times.append(cat(os.path.join(m, spec, "model.safetensors")))
             speeds.append(size / statistics.median(times))
         local = size / t_local
-        print(f"{label:<18} {size / 1e6 / tc:>11.0f} "
-              f"{(size / 1e6 / tr) if tr > 0.05 else float('nan'):>14.0f} "
-              f"{speeds[0] / 1e6:>14.0f} {speeds[0] / local:>6.2f} {speeds[1] / 1e6:>16.0f} "
-              f"{speeds[1] / local:>6.2f}")
+        what = f"{size / 2**30:.2f} GiB, two versions, {label}"
+        rep.row(f"{what}: commit of the second", size / 1e6 / tc, "MB/s")
+        if tr > 0.05:
+            rep.row(f"{what}: re-encode", size / 1e6 / tr, "MB/s")
+        rep.row(f"{what}: cold cat of head through a mount", speeds[0] / 1e6, "MB/s",
+                baseline=local / 1e6, baseline_what="local disk, cold (median of 3)")
+        rep.row(f"{what}: cold cat of head~1 through a mount", speeds[1] / 1e6, "MB/s",
+                baseline=local / 1e6, baseline_what="local disk, cold (median of 3)")
         shutil.rmtree(rp)
-    print(f"(local disk, cold: {size / t_local / 1e6:.0f} MB/s; ratio = throughput / local; "
-          f"medians of 3)")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="fp32", choices=("fp32", "bf16"))
-    ap.add_argument("--ckpts", default=os.path.join(tempfile.gettempdir(), "corafs-ckpts"))
+    ap.add_argument("--ckpts", default=checkpoints_dir())
     ap.add_argument("--checkpoints", type=int, default=10)
     ap.add_argument("--no-reads", action="store_true", help="sizes and speeds only")
     ap.add_argument("--big-mib", type=int, default=1024,
                     help="size of the single-file case (0: skip it)")
     a = ap.parse_args()
     series = generate(a.ckpts, a.checkpoints)
-    work = tempfile.mkdtemp(prefix="corafs-bench-hf-", dir=os.environ.get("TMPDIR"))
-    try:
-        raw = sum(os.path.getsize(f[f"{a.kind}/model.{e}"]) for f in series
-                  for e in ("pth", "safetensors"))
-        res = {}
-        for label, tuning in (("forward (before)", dataclasses.replace(DEFAULT,
-                                                                      head_first=False)),
-                              ("head-first", DEFAULT)):
-            rp = os.path.join(work, label.split()[0])
-            res[label] = (rp, *commit_series(rp, series, a.kind, tuning))
-        print(f"{parameters() / 1e6:.1f}M-parameter transformer, {len(series)} checkpoints, "
-              f"{a.kind}, model.pth + model.safetensors: {raw / 1e6:.0f} MB in")
-        print(f"{'encoding':<18} {'stored MB':>10} {'on disk MB':>11} {'max depth':>9} "
-              f"{'head depth':>10} {'commit MB/s':>11} {'re-encode MB/s':>14}")
-        for label, (_rp, st, tc, tr) in res.items():
-            print(f"{label:<18} {(st.stored_bytes + st.meta_bytes) / 1e6:>10.1f} "
-                  f"{st.disk_bytes / 1e6:>11.1f} {st.max_depth:>9} {st.head_max_depth:>10} "
-                  f"{raw / 1e6 / tc:>11.0f} "
-                  f"{(raw / 1e6 / tr) if tr > 0.05 else float('nan'):>14.0f}")
-        (_, s_f, _, _), (_, s_h, _, _) = res["forward (before)"], res["head-first"]
-        print(f"stored size head-first / forward: "
-              f"{(s_h.stored_bytes + s_h.meta_bytes) / (s_f.stored_bytes + s_f.meta_bytes):.3f}")
-        if a.no_reads:
-            return
-        head = {"model.pth": series[-1][f"{a.kind}/model.pth"],
-                "model.safetensors": series[-1][f"{a.kind}/model.safetensors"]}
-        old = {"model.safetensors": series[0][f"{a.kind}/model.safetensors"]}
-        mnt = os.path.join(work, "mnt")
-        os.makedirs(mnt)
-        print(f"\n{'read (time; ratio = mount/local time)':<34} {'local':>8} "
-              f"{'forward':>8} {'ratio':>6} {'head-1st':>8} {'ratio':>6} {'aim':>10}")
-        aims = {"cold cat head": "<= 1.67", "warm cat head": "<= 1.25",
-                "cold torch.load": "<= 1.3", "cold cat oldest": "<= 4.0"}
-        rows_f = reads(res["forward (before)"][0], mnt, head, old, len(series))
-        rows_h = reads(res["head-first"][0], mnt, head, old, len(series))
-        for (label, tl, tf), (_l, tl2, th) in zip(rows_f, rows_h):
-            tl = min(tl, tl2)
-            aim = next((v for k, v in aims.items() if label.startswith(k)), "")
-            print(f"{label:<34} {tl:>7.3f}s {tf:>7.3f}s {tf / tl:>6.2f} {th:>7.3f}s "
-                  f"{th / tl:>6.2f} {aim:>10}")
-        print("(a time ratio of 1.67 is 0.6x the throughput; 1.25 is 0.8x; 4.0 is 0.25x)")
-        if a.big_mib:
-            big(work, a.big_mib)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rep = Report("headfirst", kind=a.kind, checkpoints=a.checkpoints, big_mib=a.big_mib)
+    with workdir("hf") as work:
+        run(rep, a, series, work)
+    rep.done(f"{parameters() / 1e6:.1f}M-parameter transformer, {len(series)} checkpoints, "
+             f"{a.kind}, model.pth + model.safetensors; read ratios are mount time / local time")
+
+
+def run(rep, a, series, work):
+    raw = sum(os.path.getsize(f[f"{a.kind}/model.{e}"]) for f in series
+              for e in ("pth", "safetensors"))
+    res = {}
+    for label, tuning in (("forward (before)", dataclasses.replace(DEFAULT,
+                                                                  head_first=False)),
+                          ("head-first", DEFAULT)):
+        rp = os.path.join(work, label.split()[0])
+        res[label] = (rp, *commit_series(rp, series, a.kind, tuning))
+    (_, s_f, _, _) = res["forward (before)"]
+    fwd = (s_f.stored_bytes + s_f.meta_bytes) / 1e6
+    for label, (_rp, st, tc, tr) in res.items():
+        rep.row(f"{label}: stored", (st.stored_bytes + st.meta_bytes) / 1e6, "MB",
+                baseline=fwd, baseline_what="forward encoding", raw_mb=raw / 1e6,
+                disk_mb=st.disk_bytes / 1e6, max_depth=st.max_depth,
+                head_depth=st.head_max_depth)
+        rep.row(f"{label}: commit", raw / 1e6 / tc, "MB/s")
+        if tr > 0.05:
+            rep.row(f"{label}: re-encode", raw / 1e6 / tr, "MB/s")
+    if a.no_reads:
+        return
+    head = {"model.pth": series[-1][f"{a.kind}/model.pth"],
+            "model.safetensors": series[-1][f"{a.kind}/model.safetensors"]}
+    old = {"model.safetensors": series[0][f"{a.kind}/model.safetensors"]}
+    mnt = os.path.join(work, "mnt")
+    aims = {"cold cat head": "<= 1.67", "warm cat head": "<= 1.25",
+            "cold torch.load": "<= 1.3", "cold cat oldest": "<= 4.0"}
+    rows_f = reads(res["forward (before)"][0], mnt, head, old, len(series))
+    rows_h = reads(res["head-first"][0], mnt, head, old, len(series))
+    for (label, tl, tf), (_l, tl2, th) in zip(rows_f, rows_h):
+        tl = min(tl, tl2)
+        aim = next((v for k, v in aims.items() if label.startswith(k)), "")
+        rep.row(f"{label}, forward encoding", tf, "s", baseline=tl,
+                baseline_what="local disk")
+        rep.row(f"{label}, head-first", th, "s", baseline=tl, baseline_what="local disk",
+                aim=f"ratio {aim}" if aim else "")
+    if a.big_mib:
+        big(rep, work, a.big_mib)
 
 
 if __name__ == "__main__":

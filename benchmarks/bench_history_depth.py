@@ -16,11 +16,10 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_headfirst import commit_series  # noqa: E402
-from common import cat, corafs, drop_caches  # noqa: E402
+from harness import Report, cat, checkpoints_dir, drop_caches, mounted, workdir  # noqa: E402
 from transformer_run import generate  # noqa: E402
 
 from corafs import Repository  # noqa: E402
@@ -47,7 +46,7 @@ def _mean_depths(rp: str) -> list[tuple[int, float]]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="fp32", choices=("fp32", "bf16"))
-    ap.add_argument("--ckpts", default=os.path.join(tempfile.gettempdir(), "corafs-ckpts"))
+    ap.add_argument("--ckpts", default=checkpoints_dir())
     ap.add_argument("--settings", default="8:auto,4:auto,2:auto,2:planes-zstd",
                     help="max_delta_depth:head_codec pairs, comma-separated")
     ap.add_argument("--reps", type=int, default=3)
@@ -55,60 +54,60 @@ def main():
     series = generate(a.ckpts, 10)
     n = len(series)
     local = {back: series[n - 1 - back][f"{a.kind}/model.safetensors"] for back in range(n)}
-    work = tempfile.mkdtemp(prefix="corafs-bench-depth-", dir=os.environ.get("TMPDIR"))
+    rep = Report("history_depth", kind=a.kind, reps=a.reps, settings=a.settings)
+    with workdir("depth") as work:
+        run(rep, a, series, local, work)
+    rep.done(f"{n} checkpoints, {a.kind}; ratios: stored / forward encoding, mount time / "
+             f"local time (cold, medians of {a.reps})")
+
+
+def run(rep, a, series, local, work):
+    n = len(series)
     mnt = os.path.join(work, "mnt")
-    os.makedirs(mnt)
 
     def cold(fn):
-        def run():
+        def once():
             drop_caches()
             return fn()
-        return statistics.median(run() for _ in range(a.reps))
+        return statistics.median(once() for _ in range(a.reps))
 
     def cold_mount(rp, back):
-        def run():
-            corafs("mount", rp, mnt)
-            try:
+        def once():
+            with mounted(rp, mnt) as m:
                 drop_caches()
-                return cat(os.path.join(mnt, f"main~{back}" if back else "main",
+                return cat(os.path.join(m, f"main~{back}" if back else "main",
                                         "model.safetensors"))
-            finally:
-                corafs("umount", mnt)
-        return statistics.median(run() for _ in range(a.reps))
+        return statistics.median(once() for _ in range(a.reps))
 
-    try:
-        rp = os.path.join(work, "forward")
-        st, _tc, _tr = commit_series(rp, series, a.kind,
-                                     dataclasses.replace(DEFAULT, head_first=False))
-        forward = st.stored_bytes + st.meta_bytes
+    rp = os.path.join(work, "forward")
+    st, _tc, _tr = commit_series(rp, series, a.kind,
+                                 dataclasses.replace(DEFAULT, head_first=False))
+    forward = st.stored_bytes + st.meta_bytes
+    shutil.rmtree(rp)
+    local_t = {}
+    for spec in a.settings.split(","):
+        depth, head = spec.split(":")
+        rp = os.path.join(work, f"d{depth}-{head}")
+        tun = dataclasses.replace(DEFAULT, max_delta_depth=int(depth), head_codec=head)
+        st, _tc, _tr = commit_series(rp, series, a.kind, tun)
+        stored = st.stored_bytes + st.meta_bytes
+        depths = _mean_depths(rp)
+        deepest, mean = max(depths, key=lambda x: x[1])
+        ratios = []
+        for back in (0, deepest, n - 1):
+            if back not in local_t:
+                local_t[back] = cold(lambda: cat(local[back]))
+            ratios.append(cold_mount(rp, back) / local_t[back])
+        cfg = f"max_delta_depth {depth}, head_codec {head}"
+        rep.row(f"{cfg}: stored", stored / 1e6, "MB", baseline=forward / 1e6,
+                baseline_what="forward encoding", aim="ratio <= 1.02")
+        for label, back, r, aim in (("head", 0, ratios[0], "ratio <= 1.67"),
+                                    (f"deepest (~{deepest}, mean depth {mean:.1f})",
+                                     deepest, ratios[1], "ratio <= 4.0"),
+                                    ("oldest", n - 1, ratios[2], "ratio <= 4.0")):
+            rep.row(f"{cfg}: cold cat of {label} through a mount", r * local_t[back], "s",
+                    baseline=local_t[back], baseline_what="local disk, cold", aim=aim)
         shutil.rmtree(rp)
-        print(f"{n} checkpoints, {a.kind}; forward encoding stores {forward / 1e6:.1f} MB "
-              f"(the size baseline); ratio = mount time / local time, cold, medians of "
-              f"{a.reps}")
-        print(f"{'depth':>5} {'head':>12} {'stored/fwd':>10} {'head':>6} "
-              f"{'deepest (mean depth)':>22} {'oldest':>7}")
-        local_t = {}
-        for spec in a.settings.split(","):
-            depth, head = spec.split(":")
-            rp = os.path.join(work, f"d{depth}-{head}")
-            tun = dataclasses.replace(DEFAULT, max_delta_depth=int(depth), head_codec=head)
-            st, _tc, _tr = commit_series(rp, series, a.kind, tun)
-            stored = st.stored_bytes + st.meta_bytes
-            depths = _mean_depths(rp)
-            deepest, mean = max(depths, key=lambda x: x[1])
-            ratios = []
-            for back in (0, deepest, n - 1):
-                if back not in local_t:
-                    local_t[back] = cold(lambda: cat(local[back]))
-                ratios.append(cold_mount(rp, back) / local_t[back])
-            print(f"{depth:>5} {head:>12} {stored / forward:>10.3f} {ratios[0]:>6.2f} "
-                  f"{ratios[1]:>12.2f} (~{deepest}, {mean:.1f}) {ratios[2]:>7.2f}",
-                  flush=True)
-            shutil.rmtree(rp)
-        print("(aims: stored/fwd <= 1.02; head <= 1.67; any version <= 4.0, i.e. 0.25x "
-              "local throughput)")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import storages  # noqa: E402
+from harness import Report, checkpoints_dir  # noqa: E402
 from transformer_run import generate  # noqa: E402
 
 from corafs import codecs  # noqa: E402
@@ -109,26 +110,25 @@ def measure(bl, repeat, level):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="/tmp/corafs-ckpts")
+    ap.add_argument("--out", default=checkpoints_dir())
     ap.add_argument("--checkpoints", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     series = generate(a.out, a.checkpoints)
     aims = {"keyframe decode": 2000, "delta decode (osub)": 1500, "encode (osub)": 500}
-    print(f"one thread; blocks of {DEFAULT.block_size >> 20} MiB; zstd level "
-          f"{DEFAULT.zstd_level}; best of {a.repeat}")
-    print(f"{'series':<6} {'operation':<22} {'kernels MB/s':>13} {'numpy MB/s':>11} "
-          f"{'speedup':>8} {'aim MB/s':>9}")
+    rep = Report("kernels", checkpoints=a.checkpoints, repeat=a.repeat)
     for kind in ("fp32", "bf16"):
         f = f"{kind}/model.safetensors"
         bl = blocks(series[-3][f], series[-2][f], series[-1][f])
         total, rows, stored = measure(bl, a.repeat, DEFAULT.zstd_level)
-        for what, n, r, x in rows:
+        for what, n, r, _x in rows:
             aim = aims.get(what)
-            print(f"{kind:<6} {what:<22} {n:13.0f} {r:11.0f} {x:7.1f}x "
-                  f"{aim if aim else '-':>9}")
-        print(f"{kind:<6} ({total / 1e6:.0f} MB of tensors; osub delta stores "
-              f"{stored:.3f} of raw)")
+            rep.row(f"{kind}: {what}", n, "MB/s", baseline=r, baseline_what="numpy reference",
+                    aim=f">= {aim} MB/s" if aim else "")
+        rep.row(f"{kind}: osub delta stored ({total / 1e6:.0f} MB of tensors)", stored,
+                "of raw")
+    rep.done(f"one thread; blocks of {DEFAULT.block_size >> 20} MiB; zstd level "
+             f"{DEFAULT.zstd_level}; best of {a.repeat}; ratio = speedup over numpy")
 
 
 if __name__ == "__main__":

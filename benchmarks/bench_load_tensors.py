@@ -6,8 +6,7 @@ corafs' load_tensors / corafs.open on the stored file (cold: a fresh Repository 
 """
 import argparse
 import os
-import shutil
-import tempfile
+import sys
 import time
 
 import numpy as np
@@ -16,13 +15,16 @@ import safetensors.numpy
 
 import corafs
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Report, workdir  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024)
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="corafs-bench-load-", dir=os.environ.get("TMPDIR"))
-    try:
+    rep = Report("load_tensors", mib=a.mib)
+    with workdir("load") as work:
         rng = np.random.default_rng(0)
         n = a.mib // 32
         src = os.path.join(work, "model.safetensors")
@@ -57,16 +59,13 @@ def main() -> None:
                 whole = f.read()
             t_read_corafs = time.perf_counter() - t0
         assert whole == whole_local
-        print(f"{n} tensors of 32 MiB, file {size / 2**20:.0f} MiB")
-        print(f"{'':<34} {'local file':>11} {'corafs':>9} {'ratio':>7}")
-        print(f"{'one tensor (safe_open / load_tensors)':<34} {t_local:>10.3f}s "
-              f"{t_corafs:>8.3f}s {t_corafs / t_local:>7.1f}")
-        print(f"{'whole file read (open().read())':<34} {t_read_local:>10.3f}s "
-              f"{t_read_corafs:>8.3f}s {t_read_corafs / t_read_local:>7.1f}")
-        print(f"decoded for one tensor: {decoded / 2**20:.1f} MiB = {decoded / size:.3f} of the "
-              f"file (aim < 0.10)")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        rep.row("one tensor: corafs load_tensors", t_corafs, "s", baseline=t_local,
+                baseline_what="safe_open on the local file")
+        rep.row("whole file: corafs.open().read()", t_read_corafs, "s", baseline=t_read_local,
+                baseline_what="open().read() of the local file")
+        rep.row("decoded for one tensor", decoded / 2**20, "MiB", baseline=size / 2**20,
+                baseline_what="file size", aim="ratio < 0.10")
+    rep.done(f"{n} tensors of 32 MiB, file {size / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@
 """
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 import safetensors
@@ -24,27 +21,14 @@ import safetensors.numpy
 
 from corafs import Repository
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Report, drop_caches, mounted, timed, workdir  # noqa: E402
+
 CACHE = "512M"
 
 
-def drop_caches():
-    subprocess.run(["sync"])
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        print("(cannot drop caches: not root?)")
-
-
-def corafs(*args):
-    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
 def timed_cat(path):
-    t = time.perf_counter()
-    subprocess.run(f"cat '{path}' > /dev/null", shell=True, check=True)
-    return time.perf_counter() - t
+    return timed(subprocess.run, f"cat '{path}' > /dev/null", shell=True, check=True)[0]
 
 
 def model(path, mib, seed=0, base=None, noise=0.0, dtype=np.float32):
@@ -61,39 +45,12 @@ def model(path, mib, seed=0, base=None, noise=0.0, dtype=np.float32):
     return out
 
 
-class Mount:
-    def __init__(self, repo, mnt):
-        self.repo, self.mnt = repo, mnt
-
-    def __enter__(self):
-        os.makedirs(self.mnt, exist_ok=True)
-        t = time.perf_counter()
-        corafs("mount", self.repo, self.mnt, "--cache-size", CACHE)
-        self.ready = time.perf_counter() - t
-        self.pid = int(os.getxattr(self.mnt, "user.corafs.pid"))
-        return self
-
-    def stats(self):
-        raw = os.getxattr(self.mnt, "user.corafs.stats").decode()
-        return dict(kv.split("=") for kv in raw.split())
-
-    def peak_rss_mb(self):
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM"):
-                    return int(line.split()[1]) / 1024
-
-    def __exit__(self, *exc):
-        corafs("umount", self.mnt)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-4g", action="store_true")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="corafs-bench-mount-", dir=os.environ.get("BENCH_DIR"))
-    rows = []
-    try:
+    rep = Report("mount", skip_4g=a.skip_4g, cache=CACHE)
+    with workdir("mount") as tmp:
         repo = os.path.join(tmp, "repo")
         Repository.init(repo).close()
         base_f, tuned_f = os.path.join(tmp, "base.safetensors"), os.path.join(tmp, "tuned.safetensors")
@@ -101,8 +58,10 @@ def main():
         model(tuned_f, 1024, seed=1, base=base, noise=1e-4)
         del base
         with Repository(repo) as r:
+            r.background_reencode = False         # as the CLI does: re-encoded before the
             r.commit("main", {"model.safetensors": base_f})
             r.commit("main", {"model.safetensors": tuned_f})
+            r.reencode()                           # measurement, not during it
             st = r.stats()
         size = os.path.getsize(tuned_f)
         mb = size / 1e6
@@ -112,24 +71,26 @@ def main():
         local_cold = timed_cat(tuned_f)
         local_warm = timed_cat(tuned_f)
         drop_caches()
-        with Mount(repo, os.path.join(tmp, "mnt")) as m:
-            p = f"{m.mnt}/main/model.safetensors"
+        with mounted(repo, os.path.join(tmp, "mnt"), "--cache-size", CACHE) as m:
+            p = f"{m}/main/model.safetensors"
             mount_cold = timed_cat(p)
             mount_warm = timed_cat(p)
-        rows += [("cold cat, 1 GiB deltas: local disk (drop_caches)", mb / local_cold, None),
-                 ("cold cat, 1 GiB deltas: corafs mount", mb / mount_cold, mount_cold / local_cold),
-                 ("warm cat: local page cache", mb / local_warm, None),
-                 ("warm cat: corafs mount (keep_cache)", mb / mount_warm, mount_warm / local_warm)]
+        rep.row("cold cat of the 1 GiB head (a fine-tune of the version before), mount", mount_cold, "s",
+                baseline=local_cold, baseline_what="local disk after drop_caches",
+                aim="ratio <= 2", mb_s=mb / mount_cold)
+        rep.row("warm cat (second read), through the mount", mount_warm, "s",
+                baseline=local_warm, baseline_what="local page cache", aim="ratio <= 1.25",
+                mb_s=mb / mount_warm)
 
         # one tensor out of the 1 GiB file
         drop_caches()
-        with Mount(repo, os.path.join(tmp, "mnt")) as m:
-            before = int(m.stats()["decoded_bytes"])
-            with safetensors.safe_open(f"{m.mnt}/main/model.safetensors", "np") as f:
+        with mounted(repo, os.path.join(tmp, "mnt"), "--cache-size", CACHE) as m:
+            before = m.stats()["decoded_bytes"]
+            with safetensors.safe_open(f"{m}/main/model.safetensors", "np") as f:
                 f.get_tensor("layer7")
-            touched = int(m.stats()["decoded_bytes"]) - before
-        rows.append((f"safe_open+get_tensor of 1 of 32 tensors: decoded {touched / 2**20:.0f} MiB",
-                     None, touched / size))
+            touched = m.stats()["decoded_bytes"] - before
+        rep.row("safe_open + get_tensor of 1 of 32 tensors: bytes decoded", touched / 2**20,
+                "MiB", baseline=size / 2**20, baseline_what="file size", aim="ratio < 0.10")
 
         # torch.load of ~500 MB
         import torch
@@ -141,20 +102,17 @@ def main():
         torch.save(sd2, pth2)
         del sd, sd2
         with Repository(repo) as r:
+            r.background_reencode = False
             r.commit("main", {"sd.pth": pth})
             r.commit("main", {"sd.pth": pth2})
+            r.reencode()
         drop_caches()
-        t = time.perf_counter()
-        torch.load(pth2, weights_only=True)
-        local_load = time.perf_counter() - t
+        local_load = timed(torch.load, pth2, weights_only=True)[0]
         drop_caches()
-        with Mount(repo, os.path.join(tmp, "mnt")) as m:
-            t = time.perf_counter()
-            torch.load(f"{m.mnt}/main/sd.pth", weights_only=True)
-            mount_load = time.perf_counter() - t
-        rows += [("torch.load 512 MiB (deltas): local disk cold, s", local_load, None),
-                 ("torch.load 512 MiB (deltas): corafs mount cold, s", mount_load,
-                  mount_load / local_load)]
+        with mounted(repo, os.path.join(tmp, "mnt"), "--cache-size", CACHE) as m:
+            mount_load = timed(torch.load, f"{m}/main/sd.pth", weights_only=True)[0]
+        rep.row("torch.load of 512 MiB stored as deltas, cold, through the mount", mount_load,
+                "s", baseline=local_load, baseline_what="local disk, cold", aim="ratio <= 1.5")
 
         # 1,000 commits
         hrepo = os.path.join(tmp, "hrepo")
@@ -165,15 +123,13 @@ def main():
                 with open(small, "w") as f:
                     f.write(f'{{"step": {i}}}')
                 r.commit("main", {"config.json": small})
-        with Mount(hrepo, os.path.join(tmp, "hmnt")) as m:
-            t = time.perf_counter()
-            out = subprocess.run(["ls", "-l", f"{m.mnt}/@history/main"], capture_output=True,
-                                 check=True).stdout
-            ls_time = time.perf_counter() - t
-            n = len(out.splitlines()) - 1
+        with mounted(hrepo, os.path.join(tmp, "hmnt"), "--cache-size", CACHE) as m:
+            ls_time, out = timed(subprocess.run, ["ls", "-l", f"{m}/@history/main"],
+                                 capture_output=True, check=True)
+            n = len(out.stdout.splitlines()) - 1
             ready = m.ready
-        rows += [(f"ls -l @history/main ({n} commits), s", ls_time, None),
-                 ("corafs mount ready (1,000 commits, incl. CLI start), s", ready, None)]
+        rep.row(f"ls -l @history/main ({n} commits)", ls_time, "s")
+        rep.row("corafs mount ready (1,000 commits, incl. CLI start)", ready, "s")
 
         if not a.skip_4g:
             big = os.path.join(tmp, "big.safetensors")
@@ -182,28 +138,15 @@ def main():
                 r.commit("main", {"big.safetensors": big})
             os.unlink(big)
             drop_caches()
-            with Mount(repo, os.path.join(tmp, "mnt")) as m:
-                t = time.perf_counter()
-                timed_cat(f"{m.mnt}/main/big.safetensors")
-                el = time.perf_counter() - t
+            with mounted(repo, os.path.join(tmp, "mnt"), "--cache-size", CACHE) as m:
+                el = timed_cat(f"{m}/main/big.safetensors")
                 rss = m.peak_rss_mb()
-            rows.append(("4 GiB cold cat through mount, MB/s", 4096 * 1.048576 / el, None))
-            rows.append((f"daemon peak RSS MB (limit {CACHE} cache + 200 MB = 712)", rss, None))
+            rep.row("4 GiB cold cat through the mount", 4096 * 1.048576 / el, "MB/s")
+            rep.row("daemon peak RSS reading it", rss, "MB", baseline=712,
+                    baseline_what=f"{CACHE} cache + 200 MB", aim="ratio <= 1")
 
-        print(f"\n{'measure':<62} {'value':>10} {'ratio':>8}")
-        for k, v, r in rows:
-            vs = f"{v:10.2f}" if isinstance(v, float) and v < 100 else (f"{v:10.0f}" if v is not None else f"{'':>10}")
-            rs = f"{r:8.3f}" if r is not None else ""
-            print(f"{k:<62} {vs} {rs}")
-        print("\nratios: time(mount)/time(local) for reads and loads (aims: cold read time <= 2x "
-              "local, i.e. speed >= 0.5x; warm <= 1.25x; torch.load <= 1.5x); decoded/size for "
-              f"get_tensor (aim < 0.10). Store: {st.deltas} delta and {st.keyframes} keyframe blocks.")
-    finally:
-        for d in ("mnt", "hmnt"):
-            p = os.path.join(tmp, d)
-            if os.path.ismount(p):
-                subprocess.run(["fusermount3", "-u", "-z", p])
-        shutil.rmtree(tmp, ignore_errors=True)
+        rep.done(f"Store: {st.deltas} delta and {st.keyframes} keyframe blocks; ratios are "
+                 "time(mount) / time(local)")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,12 @@ batch of 250, then `git clone` of a repository with many files into both.
 """
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-
-def corafs(*args):
-    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Report, corafs, mounted, timed, workdir  # noqa: E402
 
 
 def create(root: str, n: int, batch: int) -> list[float]:
@@ -50,10 +46,9 @@ def git_source(root: str, n: int) -> str:
     return src
 
 
-def timed(cmd) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+def run(cmd) -> float:
+    return timed(subprocess.run, cmd, check=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)[0]
 
 
 def main() -> None:
@@ -61,32 +56,26 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=250)
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="corafs-bench-create-", dir=os.environ.get("TMPDIR"))
-    try:
+    rep = Report("mount_create", files=a.files, batch=a.batch)
+    with workdir("create") as work:
         repo, mnt, local = (os.path.join(work, x) for x in ("repo", "mnt", "local"))
-        os.makedirs(mnt)
         os.makedirs(local)
         corafs("init", repo)
-        corafs("mount", repo, mnt, "--commit-delay", "600")   # all stay staged: worst case
-        try:
+        with mounted(repo, mnt, "--commit-delay", "600") as m:   # all stay staged: worst case
             disk = create(local, a.files, a.batch)
-            fuse = create(os.path.join(mnt, "main"), a.files, a.batch)
+            fuse = create(os.path.join(m, "main"), a.files, a.batch)
             src = git_source(work, 1000)
-            t_local = timed(["git", "clone", "-q", src, os.path.join(local, "clone")])
-            t_mount = timed(["git", "clone", "-q", src, os.path.join(mnt, "main", "clone")])
-        finally:
-            corafs("umount", mnt)
-        print(f"creating {a.files} files of 1 KiB, ms per file by batch of {a.batch} "
-              f"(files already staged before the batch)")
-        print(f"{'staged before':>14} {'local disk':>11} {'corafs mount':>13} {'ratio':>7}")
-        for i, (l, m) in enumerate(zip(disk, fuse)):
-            print(f"{i * a.batch:>14} {l:>11.3f} {m:>13.3f} {m / l:>7.1f}")
-        print(f"per-file cost, last batch / first batch: local {disk[-1] / disk[0]:.2f}, "
-              f"mount {fuse[-1] / fuse[0]:.2f} (flat = 1)")
-        print(f"git clone of 1,000 files: local {t_local:.2f} s, mount {t_mount:.2f} s, "
-              f"ratio {t_mount / t_local:.1f}x")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            t_local = run(["git", "clone", "-q", src, os.path.join(local, "clone")])
+            t_mount = run(["git", "clone", "-q", src, os.path.join(m, "main", "clone")])
+        for i, (lo, mo) in enumerate(zip(disk, fuse)):
+            rep.row(f"create 1 KiB file, {i * a.batch} already staged", mo, "ms",
+                    baseline=lo, baseline_what="local disk")
+        rep.row("per-file cost, last batch / first batch, mount", fuse[-1] / fuse[0], "x",
+                baseline=disk[-1] / disk[0], baseline_what="same on local disk",
+                aim="flat (1)")
+        rep.row("git clone of 1,000 files into a branch", t_mount, "s", baseline=t_local,
+                baseline_what="local disk")
+    rep.done()
 
 
 if __name__ == "__main__":

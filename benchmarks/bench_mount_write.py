@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -20,10 +19,8 @@ import safetensors.numpy
 
 from corafs import Repository
 
-
-def corafs(*args):
-    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Report, corafs, mounted, timed, workdir  # noqa: E402
 
 
 def model(path, mib, seed=0, base=None, noise=0.0):
@@ -43,21 +40,19 @@ def head(repo):
         return r.head("main")
 
 
-def peak_rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
+def until_committed(repo, before, interval=0.02) -> None:
+    """Poll the branch head: what is timed here is how soon the commit becomes visible."""
+    while head(repo) == before:
+        time.sleep(interval)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-4g", action="store_true")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="corafs-bench-write-", dir=os.environ.get("BENCH_DIR"))
-    mnt = os.path.join(tmp, "mnt")
-    os.makedirs(mnt)
-    try:
+    rep = Report("mount_write", skip_4g=a.skip_4g)
+    with workdir("write") as tmp:
+        mnt = os.path.join(tmp, "mnt")
         base_f, tuned_f = os.path.join(tmp, "base.safetensors"), os.path.join(tmp, "tuned.safetensors")
         base = model(base_f, 1024)
         model(tuned_f, 1024, seed=1, base=base, noise=1e-4)
@@ -73,67 +68,53 @@ def main():
 
         local = os.path.join(tmp, "local", "model.safetensors")
         os.makedirs(os.path.dirname(local))
-        t = time.perf_counter()
-        shutil.copyfile(tuned_f, local)
-        t_cp = time.perf_counter() - t
-        corafs_t = time.perf_counter()
-        corafs("commit", repos["cli"], local)
-        t_commit = time.perf_counter() - corafs_t
+        t_cp = timed(shutil.copyfile, tuned_f, local)[0]
+        t_commit = timed(corafs, "commit", repos["cli"], local)[0]
         os.unlink(local)
 
-        corafs("mount", repos["mount"], mnt, "--commit-delay", "0.2")
-        pid = int(os.getxattr(mnt, "user.corafs.pid"))
-        before = head(repos["mount"])
-        t = time.perf_counter()
-        shutil.copyfile(tuned_f, f"{mnt}/main/model.safetensors")
-        t_mcp = time.perf_counter() - t
-        while head(repos["mount"]) == before:
-            time.sleep(0.02)
-        t_mount = time.perf_counter() - t
-        rss1 = peak_rss_mb(pid)
-        corafs("umount", mnt)
+        with mounted(repos["mount"], mnt, "--commit-delay", "0.2") as m:
+            before = head(repos["mount"])
+            t = time.perf_counter()
+            shutil.copyfile(tuned_f, f"{m}/main/model.safetensors")
+            t_mcp = time.perf_counter() - t
+            until_committed(repos["mount"], before)
+            t_mount = time.perf_counter() - t
+            rss1 = m.peak_rss_mb()
 
         sizes = {}
         for name, repo in repos.items():
             with Repository(repo) as r:
-                st = r.stats()
-                sizes[name] = st.stored_bytes
+                sizes[name] = r.stats().stored_bytes
                 assert r.read_file("main:model.safetensors") == open(tuned_f, "rb").read()
         mb = size / 1e6
         base_t = t_cp + t_commit
-        print(f"\n1 GiB fine-tune written into a repository holding its base ({os.cpu_count()} cores)")
-        print(f"{'path':<58} {'seconds':>8} {'MB/s':>7}")
-        print(f"{'local cp':<58} {t_cp:8.2f} {mb / t_cp:7.0f}")
-        print(f"{'corafs commit (CLI) of the copy':<58} {t_commit:8.2f} {mb / t_commit:7.0f}")
-        print(f"{'baseline: cp + corafs commit':<58} {base_t:8.2f} {mb / base_t:7.0f}")
-        print(f"{'mount: cp returns':<58} {t_mcp:8.2f} {mb / t_mcp:7.0f}")
-        print(f"{'mount: cp until the commit is visible (commit-delay 0.2 s)':<58} {t_mount:8.2f} "
-              f"{mb / t_mount:7.0f}")
-        print(f"\nthroughput ratio mount / baseline = {base_t / t_mount:.2f} (aim >= 0.5); stored "
-              f"bytes: CLI {sizes['cli']}, mount {sizes['mount']} (equal: {sizes['cli'] == sizes['mount']})")
-        print(f"daemon peak RSS during the 1 GiB ingest: {rss1:.0f} MB")
+        rep.row("1 GiB fine-tune: cp into the mount until the commit is visible", t_mount, "s",
+                baseline=base_t, baseline_what="local cp + corafs commit",
+                aim="ratio <= 2 (throughput >= 0.5x)", mb_s=mb / t_mount)
+        rep.row("mount: cp returns", t_mcp, "s", mb_s=mb / t_mcp)
+        rep.row("local cp", t_cp, "s", mb_s=mb / t_cp)
+        rep.row("corafs commit (CLI) of the copy", t_commit, "s", mb_s=mb / t_commit)
+        rep.row("stored bytes, through the mount", sizes["mount"], "B", baseline=sizes["cli"],
+                baseline_what="through the CLI", aim="equal")
+        rep.row("daemon peak RSS during the 1 GiB ingest", rss1, "MB")
 
         if not a.skip_4g:
             big = os.path.join(tmp, "big.safetensors")
             model(big, 4096, seed=3)
             repo4 = os.path.join(tmp, "repo-4g")
             Repository.init(repo4).close()
-            corafs("mount", repo4, mnt, "--commit-delay", "0.2")
-            pid = int(os.getxattr(mnt, "user.corafs.pid"))
-            before = head(repo4)
-            t = time.perf_counter()
-            shutil.copyfile(big, f"{mnt}/main/big.safetensors")
-            while head(repo4) == before:
-                time.sleep(0.05)
-            el = time.perf_counter() - t
-            rss = peak_rss_mb(pid)
-            corafs("umount", mnt)
-            print(f"4 GiB checkpoint into the mount: {el:.1f} s until committed "
-                  f"({4096 * 1.048576 / el:.0f} MB/s); daemon peak RSS {rss:.0f} MB (aim < 1024)")
-    finally:
-        if os.path.ismount(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", mnt])
-        shutil.rmtree(tmp, ignore_errors=True)
+            with mounted(repo4, mnt, "--commit-delay", "0.2") as m:
+                before = head(repo4)
+                t = time.perf_counter()
+                shutil.copyfile(big, f"{m}/main/big.safetensors")
+                until_committed(repo4, before, 0.05)
+                el = time.perf_counter() - t
+                rss = m.peak_rss_mb()
+            rep.row("4 GiB checkpoint into the mount until committed", el, "s",
+                    mb_s=4096 * 1.048576 / el)
+            rep.row("daemon peak RSS during the 4 GiB ingest", rss, "MB", aim="< 1024")
+    rep.done(f"1 GiB fine-tune written into a repository holding its base "
+             f"({os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

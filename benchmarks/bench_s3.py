@@ -20,13 +20,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import corafs, drop_caches  # noqa: E402
+from harness import (Report, cat, checkpoints_dir, corafs, drop_caches, mounted,  # noqa: E402
+                     timed, workdir)
 
 
 def free_port():
@@ -35,13 +35,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def secs(fn) -> float:
+    return timed(fn)[0]
 
 
-def clients(endpoint, bucket):
+def clients(rep, endpoint, bucket):
     import boto3
     import obstore as obs
     from obstore.store import S3Store
@@ -50,30 +48,29 @@ def clients(endpoint, bucket):
                  client_options={"allow_http": True}, virtual_hosted_style_request=False)
     data = os.urandom(32 << 20)
     rows = []
-    t_b = timed(lambda: b3.put_object(Bucket=bucket, Key="bench/b", Body=data))
-    t_o = timed(lambda: obs.put(ob, "bench/o", data))
+    t_b = secs(lambda: b3.put_object(Bucket=bucket, Key="bench/b", Body=data))
+    t_o = secs(lambda: obs.put(ob, "bench/o", data))
     rows.append(("PUT 32 MiB (MB/s)", 32 * 1.048576 / t_b, 32 * 1.048576 / t_o))
     n = 200
-    t_b = timed(lambda: [b3.get_object(Bucket=bucket, Key="bench/b", Range=f"bytes={i}-{i + 599}")
+    t_b = secs(lambda: [b3.get_object(Bucket=bucket, Key="bench/b", Range=f"bytes={i}-{i + 599}")
                          ["Body"].read() for i in range(n)])
-    t_o = timed(lambda: [bytes(obs.get_range(ob, "bench/o", start=i, length=600))
+    t_o = secs(lambda: [bytes(obs.get_range(ob, "bench/o", start=i, length=600))
                          for i in range(n)])
     rows.append(("600 B ranged GETs, one at a time (req/s)", n / t_b, n / t_o))
     offs = [(i * (4 << 20)) % (28 << 20) for i in range(32)]
     with cf.ThreadPoolExecutor(8) as ex:
-        t_b = timed(lambda: list(ex.map(lambda o: b3.get_object(
+        t_b = secs(lambda: list(ex.map(lambda o: b3.get_object(
             Bucket=bucket, Key="bench/b", Range=f"bytes={o}-{o + (4 << 20) - 1}")["Body"].read(),
             offs)))
-        t_o = timed(lambda: list(ex.map(lambda o: bytes(obs.get_range(
+        t_o = secs(lambda: list(ex.map(lambda o: bytes(obs.get_range(
             ob, "bench/o", start=o, length=4 << 20)), offs)))
     rows.append(("4 MiB ranged GETs, 8 in flight (MB/s)", 32 * 4.194304 / t_b,
                  32 * 4.194304 / t_o))
-    print(f"{'request':<42} {'boto3':>9} {'obstore':>9} {'obstore/boto3':>14}")
     for label, b, o in rows:
-        print(f"{label:<42} {b:>9.1f} {o:>9.1f} {o / b:>14.2f}")
+        rep.row(f"obstore: {label}", o, "", baseline=b, baseline_what="boto3")
 
 
-def checkpoint(work, endpoint, bucket, mib):
+def checkpoint(rep, work, endpoint, bucket, mib):
     import boto3
     from boto3.s3.transfer import TransferConfig
     import safetensors.numpy
@@ -85,51 +82,38 @@ def checkpoint(work, endpoint, bucket, mib):
     size = os.path.getsize(path)
     b3 = boto3.client("s3", endpoint_url=endpoint)
     cfg = TransferConfig()                     # boto3's defaults: 8 MiB parts, 10 threads
-    t_up = timed(lambda: b3.upload_file(path, bucket, "raw/model.safetensors", Config=cfg))
+    t_up = secs(lambda: b3.upload_file(path, bucket, "raw/model.safetensors", Config=cfg))
     url = f"s3://{bucket}/repo"
     corafs("init", url)
-    t_commit = timed(lambda: corafs("commit", url, path))
+    t_commit = secs(lambda: corafs("commit", url, path))
     dl = os.path.join(work, "dl.safetensors")
     drop_caches()
-    t_dl = timed(lambda: b3.download_file(bucket, "raw/model.safetensors", dl, Config=cfg))
+    t_dl = secs(lambda: b3.download_file(bucket, "raw/model.safetensors", dl, Config=cfg))
     os.unlink(dl)
     mnt = os.path.join(work, "mnt")
-    os.makedirs(mnt, exist_ok=True)
     shutil.rmtree(os.environ["CORAFS_CACHE_DIR"], ignore_errors=True)   # a cold machine
-    corafs("mount", url, mnt)
-    try:
+    with mounted(url, mnt) as m:
         drop_caches()
-
-        def cat():
-            with open(os.path.join(mnt, "main", "model.safetensors"), "rb", buffering=0) as f:
-                while f.read(1 << 20):
-                    pass
-        t_cat = timed(cat)
-    finally:
-        corafs("umount", mnt)
+        t_cat = cat(os.path.join(m, "main", "model.safetensors"))
     # warm: this machine's disk cache holds the objects; a fresh mount, page cache dropped
-    corafs("mount", url, mnt)
-    try:
+    with mounted(url, mnt) as m:
         drop_caches()
-        t_warm = timed(cat)
-    finally:
-        corafs("umount", mnt)
+        t_warm = cat(os.path.join(m, "main", "model.safetensors"))
     drop_caches()
-    t_local = timed(lambda: open(path, "rb").read())
+    t_local = secs(lambda: open(path, "rb").read())
     mb = size / 1e6
-    print(f"\n{size / 2**20:.0f} MiB checkpoint (fp32)   {'corafs':>9} {'boto3 raw':>10} "
-          f"{'ratio':>6} {'aim':>6}")
-    print(f"{'commit / multipart upload (MB/s)':<32} {mb / t_commit:>9.0f} {mb / t_up:>10.0f} "
-          f"{t_up / t_commit:>6.2f} {'>=0.5':>6}")
-    print(f"{'cold cat via mount / download_file':<32} {mb / t_cat:>9.0f} {mb / t_dl:>10.0f} "
-          f"{t_dl / t_cat:>6.2f} {'>=0.5':>6}")
-    print(f"{'warm cat via mount / local disk':<32} {mb / t_warm:>9.0f} {mb / t_local:>10.0f} "
-          f"{t_local / t_warm:>6.2f} {'>=0.5':>6}   (warm: disk cache full, page cache dropped)")
+    what = f"{size / 2**20:.0f} MiB fp32 checkpoint"
+    rep.row(f"{what}: corafs commit", mb / t_commit, "MB/s", baseline=mb / t_up,
+            baseline_what="boto3 multipart upload of the file", aim="ratio >= 0.5")
+    rep.row(f"{what}: cold cat through an S3 mount", mb / t_cat, "MB/s", baseline=mb / t_dl,
+            baseline_what="boto3 download_file", aim="ratio >= 0.5")
+    rep.row(f"{what}: warm cat (disk cache full, page cache dropped)", mb / t_warm, "MB/s",
+            baseline=mb / t_local, baseline_what="local disk", aim="ratio >= 0.5")
 
 
-def push(work, bucket):
+def push(rep, work, bucket):
     from transformer_run import generate
-    series = generate(os.path.join(tempfile.gettempdir(), "corafs-ckpts"), 10)
+    series = generate(checkpoints_dir(), 10)
     local = os.path.join(work, "local")
     corafs("init", local)
     for files in series:
@@ -141,15 +125,21 @@ def push(work, bucket):
     from corafs import Repository
     with Repository(f"s3://{bucket}/pushed") as r:
         sent = r.store.stored_bytes()
-    print(f"\npush of 10 fp32 checkpoints: local store {held / 1e6:.1f} MB, sent "
-          f"{sent / 1e6:.1f} MB ({sent / held:.3f} of it)  [{p.stdout.splitlines()[-1].strip()}]")
+    rep.row("push of 10 fp32 checkpoints: bytes sent", sent / 1e6, "MB", baseline=held / 1e6,
+            baseline_what="held by the local store", summary=p.stdout.splitlines()[-1].strip())
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024)
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="corafs-bench-s3-", dir=os.environ.get("TMPDIR"))
+    rep = Report("s3", mib=a.mib, server="moto_server")
+    with workdir("s3") as work:
+        run(rep, work, a.mib)
+    rep.done("against moto_server on 127.0.0.1 (a Python server: the ratios are the point)")
+
+
+def run(rep, work, mib):
     port = free_port()
     server = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -166,13 +156,12 @@ def main():
                 break
             except Exception:
                 time.sleep(0.1)
-        clients(endpoint, "bench")
-        checkpoint(work, endpoint, "bench", a.mib)
-        push(work, "bench")
+        clients(rep, endpoint, "bench")
+        checkpoint(rep, work, endpoint, "bench", mib)
+        push(rep, work, "bench")
     finally:
         server.terminate()
         server.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 import safetensors.numpy
 import zstandard
 
 from corafs import Repository
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Report, drop_caches, timed, workdir  # noqa: E402
 
 
 def make_checkpoint(path, size_mib, seed=0, base=None, noise=0.0):
@@ -38,28 +39,12 @@ def make_checkpoint(path, size_mib, seed=0, base=None, noise=0.0):
     return tensors
 
 
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
-def drop_caches():
-    try:
-        subprocess.run(["sync"], check=False)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="corafs-bench-", dir=os.environ.get("BENCH_DIR"))
-    try:
+    rep = Report("speed", size_mib=a.size_mib)
+    with workdir("speed") as tmp:
         src = os.path.join(tmp, "model.safetensors")
         base = make_checkpoint(src, a.size_mib)
         tuned = os.path.join(tmp, "tuned.safetensors")
@@ -80,7 +65,7 @@ def main():
             zsize = os.path.getsize(src + ".zst")
             t2, _ = timed(lambda: subprocess.run(["zstd", "-d", "-q", "-f", src + ".zst", "-o",
                                                   os.devnull], check=True))
-            label = "zstd -3 CLI (1 thread)"
+            zlabel = "zstd -3 CLI (1 thread)"
         else:
             def comp():
                 with open(src, "rb") as fi, open(src + ".zst", "wb") as fo:
@@ -92,9 +77,9 @@ def main():
                 with open(src + ".zst", "rb") as fi, open(os.devnull, "wb") as fo:
                     zstandard.ZstdDecompressor().copy_stream(fi, fo)
             t2, _ = timed(dec)
-            label = "zstd -3 (python zstandard, 1 thread)"
-        rows.append((f"{label}: compress", mb / t))
-        rows.append((f"{label}: decompress", mb / t2))
+            zlabel = "zstd -3 (python zstandard, 1 thread)"
+        rows.append((f"{zlabel}: compress", mb / t))
+        rows.append((f"{zlabel}: decompress", mb / t2))
         os.unlink(src + ".zst")
 
         repo_path = os.path.join(tmp, "repo")
@@ -136,20 +121,27 @@ def main():
                 assert h.hexdigest() == want[rev], "decode is not byte-exact"
             rows.append((f"corafs decode (byte-exact), {label}", mb / t))
 
-        print(f"\ncheckpoint: {size / 2**20:.0f} MiB safetensors, fp32, {os.cpu_count()} cores")
-        print(f"{'what':<52} {'MB/s':>8}")
-        for k, v in rows:
-            print(f"{k:<52} {v:8.0f}")
-        cp = rows[0][1]
-        print(f"\nratios: ingest keyframe / plain copy = {rows[3][1] / cp:.2f}, "
-              f"ingest keyframe / zstd-3 = {rows[3][1] / rows[1][1]:.2f}, "
-              f"decode keyframe / zstd-3 decompress = {rows[5][1] / rows[2][1]:.2f}")
-        print(f"sizes: zstd -3 {zsize / size:.3f} of the file; corafs both versions "
-              f"{st.disk_bytes / size:.3f} of one file ({st.keyframes} keyframes, "
-              f"{st.deltas} deltas)")
-        print("aims: ingest >= 150 MB/s, decode >= 400 MB/s")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        v = dict(rows)
+        cp, zc, zd = v["plain copy (shutil.copyfile)"], v[f"{zlabel}: compress"], \
+            v[f"{zlabel}: decompress"]
+        for what, mbs in rows:
+            base = {"corafs ingest, keyframe version": (cp, "plain copy"),
+                    "corafs decode (byte-exact), keyframe version": (zd, f"{zlabel}: decompress"),
+                    "corafs decode (byte-exact), fine-tune (deltas)": (zd,
+                                                                       f"{zlabel}: decompress")
+                    }.get(what)
+            aim = ">= 150 MB/s" if "ingest" in what else (">= 400 MB/s" if "decode" in what
+                                                           else "")
+            if base:
+                rep.row(what, mbs, "MB/s", baseline=base[0], baseline_what=base[1], aim=aim)
+            else:
+                rep.row(what, mbs, "MB/s", aim=aim)
+        rep.row("ingest keyframe vs zstd -3 compress", v["corafs ingest, keyframe version"],
+                "MB/s", baseline=zc, baseline_what=f"{zlabel}: compress")
+        rep.row("stored, both versions, of one file", st.disk_bytes / size, "x",
+                baseline=zsize / size, baseline_what="zstd -3 of one file",
+                keyframes=st.keyframes, deltas=st.deltas)
+    rep.done(f"checkpoint: {size / 2**20:.0f} MiB safetensors, fp32, {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -34,13 +34,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+from harness import Report, checkpoints_dir, workdir  # noqa: E402
 from transformer_run import generate  # noqa: E402
 
 from corafs import Repository  # noqa: E402
@@ -126,18 +126,25 @@ def row(label, versions, width, work, pool) -> dict:
     return out
 
 
-def print_row(r: dict) -> None:
-    print(f"{r['series']:26} {r['versions']:3d} {r['total'] / 1e6:8.0f}MB "
-          f"{r['corafs']:7.2f}x {r['forward']:8.2f}x {r['unbounded']:9.2f}x "
-          f"{r['reference']:9.2f}x {r['xz']:6.2f}x | "
-          f"{r['corafs'] / r['forward']:6.3f} {r['corafs'] / r['reference']:6.3f} "
-          f"{r['corafs'] / r['unbounded']:6.3f}   {r['corafs_s']:5.0f}s", flush=True)
+def add_rows(rep, r: dict) -> None:
+    """A series' compression (files' total / stored) against each baseline; ratios > 1 mean
+    corafs stores less."""
+    what = f"{r['series']} ({r['versions']} versions, {r['total'] / 1e6:.0f} MB)"
+    for base, desc in (("forward", "forward deltas, depth-bounded"),
+                       ("reference", "XOR vs previous, byte planes, xz"),
+                       ("unbounded", "forward deltas, unbounded chains")):
+        rep.row(f"{what}: corafs compression vs {base}", r["corafs"], "x",
+                baseline=r[base], baseline_what=desc, commit_s=r["corafs_s"])
+    rep.row(f"{what}: xz -9 per file", r["xz"], "x")
+    print(f"  {what}: corafs {r['corafs']:.2f}x, forward {r['forward']:.2f}x, reference "
+          f"{r['reference']:.2f}x, unbounded {r['unbounded']:.2f}x", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ckpts", default="/tmp/corafs-ckpts")
-    ap.add_argument("--trainer", default="/tmp/corafs-trainer-bench")
+    ap.add_argument("--ckpts", default=checkpoints_dir())
+    ap.add_argument("--trainer", default=os.path.join(os.path.dirname(checkpoints_dir()),
+                                                      "corafs-trainer-bench"))
     ap.add_argument("--only", default="", help="comma-separated series labels")
     a = ap.parse_args()
     runs = {
@@ -146,11 +153,8 @@ def main() -> None:
         "31": lambda: generate(a.ckpts, 31, 10),
     }
     only = set(filter(None, a.only.split(",")))
-    print(f"{'series':26} {'n':>3} {'files':>10} {'corafs':>8} {'forward':>9} "
-          f"{'unbounded':>10} {'reference':>10} {'xz -9':>7} | {'/fwd':>6} {'/ref':>6} "
-          f"{'/unb':>6}   commit+reencode")
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as work, \
-            ProcessPoolExecutor(2) as pool:
+    rep = Report("storage", only=a.only)
+    with workdir("storage") as work, ProcessPoolExecutor(2) as pool:
         for key, gen in runs.items():
             for kind in ("fp32", "bf16"):
                 label = f"{key}-{kind}"
@@ -159,7 +163,7 @@ def main() -> None:
                 series = gen()
                 versions = [{"model.safetensors": s[f"{kind}/model.safetensors"]}
                             for s in series]
-                print_row(row(label, versions, 4 if kind == "fp32" else 2, work, pool))
+                add_rows(rep, row(label, versions, 4 if kind == "fp32" else 2, work, pool))
         if not only or "trainer" in only:
             from trainer_run import run as trainer_run
             if not os.path.isdir(os.path.join(a.trainer, "run", "checkpoint-100")):
@@ -171,11 +175,12 @@ def main() -> None:
                          for n in sorted(os.listdir(os.path.join(a.trainer, "run", d)))}
                         for d in dirs]
             total = sum(os.path.getsize(p) for v in versions for p in v.values())
-            print(f"  (TrainerCallback's own repository, committed while training: "
-                  f"{total / du(os.path.join(a.trainer, 'repo')):.2f}x)")
-            print_row(row("trainer dirs", versions, 4, work, pool))
-            print_row(row("trainer optimizer.pt", [{"optimizer.pt": v["optimizer.pt"]}
-                                                   for v in versions], 4, work, pool))
+            rep.row("TrainerCallback's own repository, committed while training",
+                    total / du(os.path.join(a.trainer, "repo")), "x")
+            add_rows(rep, row("trainer dirs", versions, 4, work, pool))
+            add_rows(rep, row("trainer optimizer.pt", [{"optimizer.pt": v["optimizer.pt"]}
+                                                       for v in versions], 4, work, pool))
+    rep.done("compression = the files' total / stored; ratio = corafs / baseline")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import corafs, drop_caches, timed_load  # noqa: E402
+from harness import Report, corafs, drop_caches, mounted, timed_load, workdir  # noqa: E402
 
 
 def main():
@@ -24,8 +23,8 @@ def main():
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--mmap", action="store_true")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="corafs-bench-tl-", dir=os.environ.get("TMPDIR"))
-    try:
+    rep = Report("torch_load", mib=a.mib, mmap=a.mmap)
+    with workdir("tl") as work:
         torch.manual_seed(0)
         n = a.mib // 16
         v1 = {f"layer{i}.weight": torch.randn(2048, 2048) * 0.02 for i in range(n)}
@@ -34,29 +33,20 @@ def main():
         torch.save(v1, p1)
         torch.save(v2, p2)
         repo, mnt = os.path.join(work, "repo"), os.path.join(work, "mnt")
-        os.makedirs(mnt)
         corafs("init", repo)
         for p in (p1, p2):
             shutil.copy(p, os.path.join(work, "model.pth"))
             corafs("commit", repo, os.path.join(work, "model.pth"))
-        rows = []
         for label, local, spec in (("head", p2, "main"), ("first (history)", p1,
                                                                     "main~1")):
             drop_caches()
             t_local = timed_load(local, a.mmap)
-            corafs("mount", repo, mnt)
-            try:
+            with mounted(repo, mnt) as m:
                 drop_caches()
-                t_mount = timed_load(os.path.join(mnt, spec, "model.pth"), a.mmap)
-            finally:
-                corafs("umount", mnt)
-            rows.append((label, t_local, t_mount))
-        print(f"torch.load{' (mmap=True)' if a.mmap else ''} of a {a.mib} MB state dict, cold")
-        print(f"{'version':<20} {'local':>8} {'mount':>8} {'ratio':>7}")
-        for label, tl, tm in rows:
-            print(f"{label:<20} {tl:>7.2f}s {tm:>7.2f}s {tm / tl:>7.1f}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                t_mount = timed_load(os.path.join(m, spec, "model.pth"), a.mmap)
+            rep.row(f"torch.load of the {label} through a fresh mount, cold", t_mount, "s",
+                    baseline=t_local, baseline_what="local disk, cold", aim="ratio <= 1.5")
+    rep.done(f"torch.load{' (mmap=True)' if a.mmap else ''} of a {a.mib} MB state dict, cold")
 
 
 if __name__ == "__main__":

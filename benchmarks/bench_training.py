@@ -12,15 +12,14 @@ byte-exact. Aim: corafs at least 10% smaller than the baseline, losslessly.
 import argparse
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import WIDTH, nontensor_bytes, planes_zstd, storages  # noqa: E402
+from harness import Report, workdir  # noqa: E402
 
 from corafs import Repository  # noqa: E402
 from corafs.codecs import reference as transforms  # noqa: E402
@@ -99,10 +98,8 @@ def main():
     ap.add_argument("--checkpoints", type=int, default=12)
     ap.add_argument("--every", type=int, default=10)
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="corafs-train-")
-    try:
-        print(f"{'run':<34} {'naive MB':>9} {'baseline':>9} {'corafs':>9} {'base x':>7} "
-              f"{'corafs x':>8} {'corafs/base':>11}  deltas/keyframes  ingest MB/s")
+    rep = Report("training", checkpoints=a.checkpoints, every=a.every)
+    with workdir("train") as tmp:
         regimes = {"fine-tune lr 1e-5": dict(lr=1e-5, pretrain=300),
                    "from scratch lr 3e-5": dict(lr=3e-5, pretrain=0)}
         for rname, kw in regimes.items():
@@ -115,13 +112,12 @@ def main():
                 base = baseline(paths[kind])
                 mine, st, el = corafs_size(paths[kind], os.path.join(d, f"repo-{kind}"))
                 label = f"{rname} {kind}{' frozen' if freeze else ''}"
-                print(f"{label:<34} {naive / 1e6:9.1f} {base / 1e6:9.2f} {mine / 1e6:9.2f} "
-                      f"{naive / base:6.2f}x {naive / mine:7.2f}x {mine / base:11.3f}  "
-                      f"{st.deltas}/{st.keyframes}  {naive / 1e6 / el:8.0f}")
-        print(f"\n{a.checkpoints} checkpoints, {a.every} AdamW steps apart; 'frozen': first half "
-              "of the layers frozen; every checkpoint re-read byte-exact. Aim: corafs/base <= 0.90")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                rep.row(f"{label}: stored", mine / 1e6, "MB", baseline=base / 1e6,
+                        baseline_what="XOR vs previous, planes, zstd-3", aim="ratio <= 0.90",
+                        naive_mb=naive / 1e6, compression=naive / mine, deltas=st.deltas,
+                        keyframes=st.keyframes, ingest_mb_s=naive / 1e6 / el)
+    rep.done(f"{a.checkpoints} checkpoints, {a.every} AdamW steps apart; 'frozen': first half "
+             "of the layers frozen; every checkpoint re-read byte-exact")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
-"""Shared helpers for the benchmarks: the lossless baseline the issues compare against."""
+"""The lossless baselines the benchmarks compare against (tensor bytes of a checkpoint, byte
+planes + zstd, the compressed non-tensor bytes). Running, timing and reporting: harness.py."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
-import time
 
 import numpy as np
 import zstandard
@@ -44,37 +42,3 @@ def nontensor_bytes(path: str) -> int:
         pos = s.offset + s.nbytes
     parts.append(data[pos:])
     return len(zstandard.ZstdCompressor(level=3).compress(b"".join(parts)))
-
-
-# -- running corafs and timing reads (shared by the mount benchmarks) ----------------------------
-def corafs(*args) -> None:
-    """Run the real ``corafs`` command; fail loudly."""
-    subprocess.run([sys.executable, "-m", "corafs", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def cat(path) -> float:
-    """Seconds to read a file front to back in 1 MiB reads."""
-    t = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while f.read(1 << 20):
-            pass
-    return time.perf_counter() - t
-
-
-def timed_load(path, mmap) -> float:
-    """Seconds for torch.load (weights_only) plus touching every tensor, in a fresh process."""
-    code = ("import sys, time, torch\n"
-            "t = time.perf_counter()\n"
-            "sd = torch.load(sys.argv[1], weights_only=True, mmap=sys.argv[2] == '1')\n"
-            "s = sum(float(v.float().sum()) for v in sd.values())\n"
-            "print(time.perf_counter() - t)\n")
-    p = subprocess.run([sys.executable, "-c", code, str(path), "1" if mmap else "0"],
-                       capture_output=True, text=True, check=True)
-    return float(p.stdout.strip())

@@ -76,6 +76,17 @@ class Tuning:
     #: the mount daemon's GIL switch interval (s). Many short GIL-free numpy/zstd calls in
     #: several threads convoy behind the default 5 ms; 0.5 ms gave 20-25% on cold reads.
     mount_switch_interval: float = 0.0005
+    #: threads that serve the mount's reads (decoding what is not decoded ahead), apart from
+    #: the two that serve namespace changes, so a slow decode never delays a create.
+    mount_read_threads: int = 4
+    #: decode-ahead of a reader (core.reader.ReadAhead): a read within ``prefetch_start`` of
+    #: where the last one ended continues the sequence, and up to ``prefetch_bytes`` of the
+    #: file's read plan ahead of it are decoded in the worker pool.
+    prefetch_start: int = 8 * MiB
+    prefetch_bytes: int = 64 * MiB
+    #: the largest file a mount accepts (EFBIG past it): the spool lives on the repository's
+    #: disk; ``corafs mount --max-file-size`` overrides it.
+    max_file_size: int = 256 << 30
 
 
 DEFAULT = Tuning()

@@ -15,7 +15,9 @@ from corafs.view.staging import Staging
 def of(repo):
     st = Staging(repo, os.path.join(repo.path, "staging"), commit_delay=0)
     v = MountView(repo, st)
-    yield OpenFiles(v, prefetch_start=1 << 10, prefetch_bytes=1 << 12), v, st
+    h = OpenFiles(v)
+    h.prefetch_start, h.prefetch_bytes = 1 << 10, 1 << 12      # decode ahead in small steps
+    yield h, v, st
     st.close()
 
 

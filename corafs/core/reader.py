@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .. import codecs
+from ..config import DEFAULT
 from ..errors import CorafsError, CorruptObject
 from .objects import data_id
 
@@ -279,7 +280,8 @@ class ReadAhead:
     the loader asks. The kernel's own read-ahead requests may arrive out of order: anything
     within ``start`` of the frontier counts as continuing."""
 
-    def __init__(self, reader: FileReader, start: int = 8 << 20, limit: int = 64 << 20):
+    def __init__(self, reader: FileReader, start: int = DEFAULT.prefetch_start,
+                 limit: int = DEFAULT.prefetch_bytes):
         self.reader = reader
         self.start, self.limit = start, limit
         self.segs = read_plan(reader.manifest, reader.size)

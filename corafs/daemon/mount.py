@@ -40,7 +40,7 @@ class MountOptions:
     #: seconds unmount may spend storing closed files; what is left stays staged (journaled)
     #: and the next mount commits it
     unmount_timeout: float = 30.0
-    max_file_size: int = 256 << 30
+    max_file_size: int = DEFAULT.max_file_size
     #: let other users read the mount (FUSE allow_other + default_permissions)
     allow_other: bool = False
 

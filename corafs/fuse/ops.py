@@ -74,16 +74,15 @@ class Operations(pyfuse3.Operations):
     #: for writing are served (the kernel may read-modify-write pages).
     enable_writeback_cache = True
 
-    def __init__(self, view: MountView, read_threads: int = 4, prefetch_bytes: int = 64 << 20,
-                 prefetch_start: int = 8 << 20, on_change=None):
+    def __init__(self, view: MountView, on_change=None):
         super().__init__()
         self.view = view
         self.staging = view.staging
         self.repo = view.repo
-        self.handles = OpenFiles(view, prefetch_start, prefetch_bytes)
+        self.handles = OpenFiles(view)
         #: called (on the trio thread) after anything was staged or closed
         self.on_change = on_change or (lambda: None)
-        self.limiter = trio.CapacityLimiter(read_threads)
+        self.limiter = trio.CapacityLimiter(view.repo.tuning.mount_read_threads)
         #: namespace changes get their own threads: a slow decode never delays a create
         self.meta_limiter = trio.CapacityLimiter(2)
 

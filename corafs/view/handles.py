@@ -48,12 +48,12 @@ class WriteHandle:
 
 
 class OpenFiles:
-    def __init__(self, view, prefetch_start: int = 8 << 20, prefetch_bytes: int = 64 << 20):
+    def __init__(self, view):
         self.view = view
         self.staging = view.staging
         self.repo = view.repo
-        self.prefetch_start = prefetch_start
-        self.prefetch_bytes = prefetch_bytes
+        t = view.repo.tuning
+        self.prefetch_start, self.prefetch_bytes = t.prefetch_start, t.prefetch_bytes
         self.files: dict[int, ReadHandle] = {}
         self.writers: dict[int, WriteHandle] = {}
         self.dirs: dict[int, tuple[object, list]] = {}

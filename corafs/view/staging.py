@@ -70,7 +70,7 @@ class Staging(CommitsMixin, RecoveryMixin):
         #: set at unmount: ingests in progress stop (the files stay staged in the journal)
         self.stop = threading.Event()
         #: largest file size accepted (EFBIG beyond): storing a file hashes all of it
-        self.max_file_size = 256 << 30
+        self.max_file_size = repo.tuning.max_file_size
 
     def _open_journal(self, path: str) -> Journal:
         """Open the journal; one that cannot be opened is kept aside, never a reason not to

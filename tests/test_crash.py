@@ -2,7 +2,8 @@
 earlier commit exports byte-exact, no half commit is visible, and the next commit goes through.
 
 Deterministic: the fault-injecting store (corafs/store/faults.py) stops the process just
-before its n-th object put, batch seal or ref move, for n = 1, 2, ... until the command runs
+before its n-th object put, batch seal, ref move or step inside writing a pack file (``pack``:
+the killed-inside-pack-writing cases), for n = 1, 2, ... until the command runs
 to its end, so every step of a commit (and of the re-encoding the CLI runs after it) is hit
 exactly once, whatever the machine's speed."""
 import os
@@ -39,7 +40,7 @@ def _commit(repo_path, src, msg, fault=None):
                           text=True, env=env)
 
 
-@pytest.mark.parametrize("event", ("put", "seal", "ref"))
+@pytest.mark.parametrize("event", ("put", "seal", "ref", "pack"))
 def test_a_commit_killed_at_every_step_keeps_the_repository_consistent(tmp_path, event):
     """The same commit (of a second version, so it re-encodes the first) from the same
     repository state, stopped before its n-th step of one kind, for every n."""

@@ -2,11 +2,9 @@
 replaced becomes reverse deltas afterwards, chains stay bounded, nothing is ever lost."""
 import dataclasses
 import os
-import random
-import signal
+import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from conftest import SMALL, run_cli, sha256_bytes, sha256_file
 from corafs import Repository
 from corafs.core import headfirst, maintenance
 from corafs.core.stats import chain_depth
+from corafs.store.faults import FAULT_EXIT
 from mountutil import mounted, needs_fuse, settled, wait_for
 
 
@@ -166,46 +165,55 @@ def test_cli_commit_reencodes_before_it_exits(tmp_path, work):
     assert "of them reverse" in run_cli("stats", repo).stdout
 
 
-def test_killed_reencoding_is_finished_by_the_next_command(tmp_path, work):
-    """kill -9 at random points of re-encoding and its repack: fsck clean every time, every
-    version exact, and the queue finished later."""
-    repo = tmp_path / "r"
-    with Repository.init(str(repo), tuning=SMALL) as r:
+def _reencode_with_fault(path: str, fault: str) -> None:
+    """In a forked child: re-encode under CORAFS_FAULT (it ends the child at the step)."""
+    os.environ["CORAFS_FAULT"] = fault
+    with Repository(path, tuning=SMALL) as r:
+        r.reencode()
+
+
+@pytest.mark.parametrize("event", ("put", "seal", "pack", "drop"))
+def test_reencoding_killed_at_every_step_is_finished_by_the_next_command(tmp_path, work, event):
+    """Re-encoding (and the repack it runs) stopped before its n-th step of one kind, for
+    every n: fsck clean every time, every version exact, and the next re-encoding finishes
+    the queue."""
+    import multiprocessing
+    seed = tmp_path / "seed"
+    with Repository.init(str(seed), tuning=SMALL) as r:
         r.background_reencode = False
         want = {}
         w = None
         for v in range(3):
             p = work / f"v{v}.safetensors"
             w = _version(p, w, v, noise=1e-2)
+            if v == 2:
+                r.reencode()                    # one job left: the last commit's
             want[r.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
-    rng = random.Random(4)
-    script = ("import sys; from corafs import Repository; from tests_conftest_tuning import T; "
-              "r = Repository(sys.argv[1], tuning=T); r.reencode()")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(work), os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
-    (work / "tests_conftest_tuning.py").write_text(
-        "from conftest import SMALL as T\n")
-    for trial in range(20):
-        p = work / f"n{trial}.safetensors"
-        w = _version(p, w, 100 + trial, noise=1e-2)
+        assert len(headfirst.pending(r)) == 1
+    fork = multiprocessing.get_context("fork")
+    n = 0
+    while True:
+        n += 1
+        assert n < 200
+        repo = tmp_path / f"r{n}"
+        shutil.copytree(seed, repo)
+        child = fork.Process(target=_reencode_with_fault, args=(str(repo), f"{event}:{n}"))
+        child.start()
+        child.join()
+        assert child.exitcode in (0, FAULT_EXIT), (event, n, child.exitcode)
         with Repository(str(repo), tuning=SMALL) as r:
-            r.background_reencode = False
-            want[r.commit("main", {"model.safetensors": str(p)}).commit] = sha256_file(p)
-        proc = subprocess.Popen([sys.executable, "-c", script, str(repo)], env=env)
-        time.sleep(rng.uniform(0.05, 0.6))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        fs = run_cli("fsck", repo, check=False)
-        assert fs.returncode == 0, fs.stdout + fs.stderr
-        with Repository(str(repo), tuning=SMALL) as r:
+            rep = r.fsck()
+            assert rep.ok, (event, n, rep.problems)
             _all_exact(r, want)
-    with Repository(str(repo), tuning=SMALL) as r:
-        r.reencode()
-        assert headfirst.pending(r) == []
-        assert r.stats().head_max_depth == 0
-        _all_exact(r, want)
-    fs = run_cli("fsck", repo, check=False)
-    assert fs.returncode == 0 and "garbage" not in fs.stdout, fs.stdout
+            if child.exitcode == 0:
+                break
+            r.reencode()                        # the next command finishes the queue
+            assert headfirst.pending(r) == [] and r.stats().head_max_depth == 0
+            _all_exact(r, want)
+            rep = r.fsck()
+            assert rep.ok and not [g for g in rep.garbage if not g[2]], (event, n, rep)
+        shutil.rmtree(repo)
+    assert n > 1, "the fault was never reached"
 
 
 def test_reader_holding_a_file_reads_on_across_reencoding(tmp_path, work):

@@ -3,7 +3,8 @@ stays consistent, every earlier commit stays byte-exact, and the file, whose cop
 completed, is committed by the next mount, never silently dropped.
 
 Deterministic: the daemon runs with ``CORAFS_FAULT`` (corafs/store/faults.py), which ends it
-just before its n-th object put, batch seal or ref move, for n = 1, 2, ... until it commits
+just before its n-th object put, batch seal, ref move or step inside writing a pack file, for
+n = 1, 2, ... until it commits
 without meeting the fault; each trial starts from the same repository state."""
 import os
 import shutil
@@ -33,7 +34,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("event", ["put", "seal", "ref"])
+@pytest.mark.parametrize("event", ["put", "seal", "ref", "pack"])
 def test_daemon_killed_at_every_step_of_a_commit(tmp_path, event):
     seed, mnt, src = tmp_path / "seed", tmp_path / "mnt", tmp_path / "src"
     corafs("init", seed)

@@ -20,7 +20,8 @@ from typing import Callable, ClassVar, Optional
 import numpy as np
 
 from ..dtypes import DType, lookup
-from . import planes, zstd
+from . import lossy as _lossy, planes, zstd
+from .base import Codec
 
 MAGIC = b"CB\x01"
 MAGIC2 = b"CB\x02"
@@ -35,20 +36,6 @@ _Q = struct.Struct("<QB")
 def is_block(head) -> bool:
     """Whether the first three bytes of an object are a block header's magic."""
     return bytes(head[:3]) in (MAGIC, MAGIC2)
-
-
-class Codec:
-    name: ClassVar[str]
-    is_delta: ClassVar[bool] = False
-    lossy: ClassVar[bool] = False
-    #: how many base blocks decoding needs (the block it deltas against, then that one's base)
-    bases: ClassVar[int] = 1
-
-    def encode(self, raw: np.ndarray, dt: DType, base: Optional[np.ndarray], level: int) -> bytes:
-        raise NotImplementedError
-
-    def decode(self, body, dt: DType, raw_len: int, base: Optional[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
 
 
 def _width(dt: DType, n: int) -> int:
@@ -302,8 +289,6 @@ def decode_block(payload, get_base: Callable[[str], np.ndarray]) -> np.ndarray:
 
 
 # -- opt-in lossy codecs (registered so any stored block can be decoded) ----------------------
-from . import lossy as _lossy  # noqa: E402  (needs Codec above)
-
 for _c in _lossy.BY_OPTION.values():
     register(_c)
 

@@ -13,7 +13,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..dtypes import DType
-from . import Codec, zstd
+from . import zstd
+from .base import Codec
 
 _F = struct.Struct("<f")
 _I = struct.Struct("<I")

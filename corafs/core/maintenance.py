@@ -35,14 +35,16 @@ def lock(repo, blocking: bool = True):
 
 def reencode(repo, cancel: Optional[threading.Event] = None, repack: bool = True,
              blocking: bool = True) -> ReencodeReport:
-    """Run every queued job, then rewrite packs that are mostly superseded encodings.
-    ``cancel`` stops between blocks (the job stays queued). Without ``blocking``, returns at
-    once when another process holds the lease (it runs the queue)."""
+    """Remove what killed writers left, run every queued job, then rewrite packs that are
+    mostly superseded encodings. ``cancel`` stops between blocks (the job stays queued).
+    Without ``blocking``, returns at once when another process holds the lease (it runs the
+    queue)."""
     rep = ReencodeReport()
     t0 = time.perf_counter()
     with lock(repo, blocking) as got:
         if not got:
             return rep
+        repo.store.clean_temporaries()   # maintenance cleans up even when it writes nothing
         done = headfirst.run_jobs(repo, rep, cancel)
         if done and repack and rep.blocks + rep.upgraded + rep.compressed:
             gc.repack(repo, collect=False, grace=0.0, min_waste=repo.tuning.repack_waste,

@@ -8,6 +8,9 @@ event of that kind would happen:
   seal  a batch made durable and visible (``ObjectWriter.commit``)
   ref   a ref moved (``ObjectStore.cas_ref``)
   drop  packs deleted by a repack or gc (``remove_packs``)
+  pack  a step inside writing a local pack file (``hdf5pack.PackWriter.finish``: the HDF5
+        file made, its data copied and fsynced, renamed into place, its ``.idx`` written),
+        the one event below the store interface: a pack's own steps are its format's
 
 A test runs a command with n = 1, 2, ... until it exits 0 (the fault was past its last event),
 so every step is hit once, whatever the machine's speed. Without the variable, ``wrap`` returns
@@ -23,7 +26,7 @@ from .base import ObjectStore, ObjectWriter
 
 #: the exit status of a process the fault stopped
 FAULT_EXIT = 86
-EVENTS = ("put", "seal", "ref", "drop")
+EVENTS = ("put", "seal", "ref", "drop", "pack")
 
 
 class _Plan:
@@ -90,7 +93,25 @@ class FaultStore:
 ObjectStore.register(FaultStore)
 
 
+_plan: Optional[_Plan] = None
+
+
+def _the_plan(spec: str) -> _Plan:
+    """One plan per process: every store and pack writer counts the same steps."""
+    global _plan
+    if _plan is None or f"{_plan.kind}:{_plan.n}" != spec:
+        _plan = _Plan(spec)
+    return _plan
+
+
 def wrap(store: ObjectStore) -> ObjectStore:
     """``store``, wrapped when ``CORAFS_FAULT`` asks for a fault."""
     spec = os.environ.get("CORAFS_FAULT")
-    return FaultStore(store, _Plan(spec)) if spec else store
+    return FaultStore(store, _the_plan(spec)) if spec else store
+
+
+def point(kind: str) -> None:
+    """A step inside a store's own machinery (``pack``); nothing when no fault is asked for."""
+    spec = os.environ.get("CORAFS_FAULT")
+    if spec:
+        _the_plan(spec).step(kind)

@@ -13,6 +13,7 @@ from typing import Optional
 import h5py
 import numpy as np
 
+from . import faults
 from .fsutil import WriterToken, fsync_dir
 from .packindex import IDX_DTYPE as _IDX_DTYPE
 
@@ -64,6 +65,7 @@ class PackWriter:
             f.create_dataset("offsets", data=table["off"])
             f.create_dataset("lengths", data=table["len"])
             f.attrs["format"] = "corafs-pack-1"
+        faults.point("pack")                    # the HDF5 file made, its data not copied
         fd = os.open(self.tmp, os.O_WRONLY)
         try:
             if self.size:
@@ -71,12 +73,14 @@ class PackWriter:
                     raise OSError("HDF5 did not allocate the pack's data")
                 _copy_range(self.spool, fd, offset, self.size)
             os.fsync(fd)
+            faults.point("pack")                # copied and durable, not renamed
         finally:
             os.close(fd)
             os.close(self.spool)
             os.unlink(self.spool_path)
         os.replace(self.tmp, self.final)
         fsync_dir(os.path.dirname(self.final))
+        faults.point("pack")                    # in place, its .idx not written
         # the side table's first row says where the data lies, so readers need no h5py
         table = np.concatenate([np.array([(DATA_ROW, offset or 0, self.size)], _IDX_DTYPE),
                                 table])
@@ -86,6 +90,7 @@ class PackWriter:
             np.save(f, table)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("pack")                    # the .idx written, not renamed
         os.replace(tmp, idx)
         return table
 

@@ -41,16 +41,25 @@ def run(out: str, repo_path: str, checkpoints: int = 10, every: int = 10, seed: 
         def __getitem__(self, i):
             return {"input_ids": x[i], "labels": x[i]}
 
+    class Held(Data):                      # the eval set: the last 64 sequences
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return super().__getitem__(x.shape[0] - 64 + i)
+
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=8, learning_rate=3e-4,
                              max_steps=checkpoints * every, save_steps=every, logging_steps=every,
-                             save_strategy="steps", report_to=[], use_cpu=True, seed=seed,
-                             disable_tqdm=True)
+                             save_strategy="steps", eval_strategy="steps", eval_steps=every,
+                             per_device_eval_batch_size=16, report_to=[], use_cpu=True,
+                             seed=seed, disable_tqdm=True)
     Repository.init(repo_path).close()
     repo = Repository(repo_path, tuning=tuning) if tuning is not None else Repository(repo_path)
     try:
         repo.background_reencode = False
         cb = TrainerCallback(repo, branch="main")
-        Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb]).train()
+        Trainer(model=model, args=args, train_dataset=Data(), eval_dataset=Held(),
+                callbacks=[cb]).train()
         repo.reencode()
     finally:
         repo.close()

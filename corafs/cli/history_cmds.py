@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..core import commitmeta
 from ..errors import CorafsError
 from . import fmt
 from .common import open_repo, progress, reencode_after
@@ -15,6 +16,9 @@ def add(cmd) -> None:
     sp.add_argument("rev", nargs="?")
     sp.add_argument("-n", "--max-count", type=int)
     sp.add_argument("--oneline", action="store_true")
+    sp.add_argument("--meta", nargs="?", const="", metavar="KEYS",
+                    help="a table of the commits' metadata, one column per key (all keys, or "
+                         "the comma-separated KEYS)")
 
     sp = cmd("show", cmd_show, "show a commit, a directory or a checkpoint's tensors")
     sp.add_argument("repo")
@@ -65,6 +69,11 @@ def add(cmd) -> None:
     sp.add_argument("rev", nargs="?")
     sp.add_argument("-m", "--message", default="")
     sp.add_argument("-d", "--delete", metavar="NAME")
+    sp.add_argument("--by", metavar="KEY:min|max",
+                    help="tag the commit of REV's history (a branch: all its commits) with the "
+                         "smallest (min) or largest (max) metadata value KEY, e.g. "
+                         "--by eval_loss:min")
+    sp.add_argument("-f", "--force", action="store_true", help="move the tag if it exists")
 
     sp = cmd("diff", cmd_diff, "compare two revisions, per file and per tensor")
     sp.add_argument("repo")
@@ -75,6 +84,8 @@ def add(cmd) -> None:
 
 def cmd_log(a):
     with open_repo(a.repo) as repo:
+        if a.meta is not None:
+            return _log_meta(repo, a)
         for c in repo.log(a.rev, a.max_count):
             if a.oneline:
                 print(f"{c.id[:12]} {c.message}{' [lossy]' if c.lossy else ''}")
@@ -86,7 +97,28 @@ def cmd_log(a):
             print(f"Date:   {fmt.when(c.time_ns)}")
             if c.lossy:
                 print("Lossy:  yes (some tensors were stored with a lossy codec)")
+            if c.meta:
+                print("Meta:   " + "  ".join(f"{k}={_val(v)}" for k, v in sorted(c.meta.items())))
             print(f"\n    {c.message}\n")
+
+
+def _val(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _log_meta(repo, a) -> None:
+    """One row per commit, one column per metadata key (step first, then the rest sorted)."""
+    commits = repo.log(a.rev, a.max_count)
+    keys = [k for k in a.meta.split(",") if k] if a.meta else \
+        sorted({k for c in commits for k in c.meta}, key=lambda k: (k != "step", k != "epoch", k))
+    cols = [[_val(c.meta[k]) if k in c.meta else "-" for k in keys] for c in commits]
+    widths = [max([len(k)] + [len(r[i]) for r in cols]) for i, k in enumerate(keys)]
+    print("commit        date              " + "  ".join(f"{k:>{w}}" for k, w in zip(keys, widths))
+          + "  message")
+    for c, row in zip(commits, cols):
+        print(f"{c.id[:12]}  {fmt.when(c.time_ns)[:16]:<16}  "
+              + "  ".join(f"{v:>{w}}" for v, w in zip(row, widths))
+              + f"  {c.message.splitlines()[0] if c.message else ''}")
 
 
 def cmd_show(a):
@@ -97,6 +129,8 @@ def cmd_show(a):
             print(f"commit {c.id}\nAuthor: {c.author}\nDate:   {fmt.when(c.time_ns)}")
             if c.lossy:
                 print("Lossy:  yes")
+            if c.meta:
+                print("Meta:   " + "  ".join(f"{k}={_val(v)}" for k, v in sorted(c.meta.items())))
             print(f"\n    {c.message}\n")
             for p, fe in repo.walk(cid):
                 if fe["kind"] == "file":
@@ -254,7 +288,16 @@ def cmd_tag(a):
             repo.delete_tag(a.delete)
             print(f"deleted tag {a.delete}")
         elif a.name:
-            cid = repo.create_tag(a.name, a.rev, a.message)
+            rev = a.rev
+            if a.by:
+                commits = [c.id for c in repo.log(a.rev)]
+                rev = commitmeta.select(repo, commits, a.by)
+                key = commitmeta.parse_by(a.by)[0]
+                print(f"{a.by}: {rev[:12]} ({key}={_val(repo.commit_obj(rev).meta[key])}, "
+                      f"of {len(commits)} commits)")
+            if a.force and a.name in repo.tags():
+                repo.delete_tag(a.name)
+            cid = repo.create_tag(a.name, rev, a.message)
             print(f"tagged {cid[:12]} as {a.name}")
         else:
             for name, cid in sorted(repo.tags().items()):

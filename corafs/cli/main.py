@@ -8,9 +8,9 @@ import stat
 import sys
 
 from .. import __version__
-from ..core import Repository
+from ..core import Repository, commitmeta
 from ..errors import CorafsError
-from . import fmt, history_cmds, maint_cmds, remote_cmds
+from . import fmt, history_cmds, maint_cmds, remote_cmds, viz_cmds
 from .common import open_repo, progress, reencode_after
 
 
@@ -75,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lossy", choices=["int8", "int16", "sparse", "per-axis"],
                     help="opt-in lossy delta codec for float tensors of this commit "
                          "(never the default; the commit and files are marked lossy)")
+    sp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                    help="metadata in the commit (repeatable): --meta loss=0.123 --meta step=400; "
+                         "numbers where they parse as numbers, short strings otherwise")
 
-    for group in (history_cmds, remote_cmds, maint_cmds):
+    for group in (history_cmds, remote_cmds, maint_cmds, viz_cmds):
         group.add(cmd)
     _add_mount_commands(cmd)
     return p
@@ -147,7 +150,8 @@ def cmd_commit(a):
         total = sum(os.path.getsize(p) for p in files.values())
         with progress(total, "ingest") as upd:
             res = repo.commit(branch, files, message=a.message, author=a.author,
-                              lossy=a.lossy, on_progress=upd, entries=links)
+                              lossy=a.lossy, on_progress=upd, entries=links,
+                              meta=commitmeta.parse_pairs(a.meta))
         for dest, r in res.files:
             if r.reason:
                 print(f"note: {dest} stored as an opaque file ({r.reason})", file=sys.stderr)

@@ -8,7 +8,7 @@ import time
 from typing import Optional
 
 from ..errors import AmbiguousRevision, CorafsError, NotFound
-from . import revparse
+from . import commitmeta, revparse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Commit:
     message: str
     time_ns: int
     lossy: bool = False
+    #: what the run logged (core.commitmeta): step, loss, ... ({} for older commits)
+    meta: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def time(self) -> float:
@@ -31,14 +33,17 @@ def commit_obj(repo, cid: str) -> Commit:
     if o.get("type") != "commit":
         raise NotFound("commit", cid)
     return Commit(cid, o["tree"], tuple(o["parents"]), o["author"], o["message"],
-                  o["time_ns"], o.get("lossy", False))
+                  o["time_ns"], o.get("lossy", False), dict(o.get("meta") or {}))
 
 
-def put_commit(repo, writer, tree_id, parents, message, author, lossy=False) -> str:
+def put_commit(repo, writer, tree_id, parents, message, author, lossy=False,
+               meta: Optional[dict] = None) -> str:
     obj = {"type": "commit", "tree": tree_id, "parents": list(parents), "author": author,
            "message": message, "time_ns": time.time_ns()}
     if lossy:
         obj["lossy"] = True
+    if meta:
+        obj["meta"] = commitmeta.check(meta)
     return repo.put_meta(writer, obj)
 
 
@@ -136,6 +141,19 @@ def first_parent_history(repo, rev: str) -> list[Commit]:
         cid = c.parents[0] if c.parents else None
     out.reverse()
     return out
+
+
+def commit_range(repo, spec: Optional[str] = None) -> list[Commit]:
+    """The commits of ``spec``, oldest first, along first parents: ``BRANCH`` (or any
+    revision) is its whole first-parent chain, ``A..B`` the part of B's that is not in A's
+    history."""
+    spec = spec or repo.default_branch
+    if ".." in spec:
+        a, b = spec.split("..", 1)
+        chain = first_parent_history(repo, b or repo.default_branch)
+        exclude = ancestors(repo, repo.resolve(a)) if a else set()
+        return [c for c in chain if c.id not in exclude]
+    return first_parent_history(repo, spec)
 
 
 def ancestors(repo, cid: str) -> set[str]:

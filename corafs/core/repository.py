@@ -279,8 +279,9 @@ class Repository:
     def commit_obj(self, cid: str) -> Commit:
         return history.commit_obj(self, cid)
 
-    def _put_commit(self, writer, tree_id, parents, message, author, lossy=False) -> str:
-        return history.put_commit(self, writer, tree_id, parents, message, author, lossy)
+    def _put_commit(self, writer, tree_id, parents, message, author, lossy=False,
+                    meta: Optional[dict] = None) -> str:
+        return history.put_commit(self, writer, tree_id, parents, message, author, lossy, meta)
 
     def all_commits(self) -> set[str]:
         """Every commit reachable from a branch or tag."""
@@ -301,6 +302,10 @@ class Repository:
     def first_parent_history(self, rev: str) -> list[Commit]:
         """The first-parent chain of ``rev``, oldest first."""
         return history.first_parent_history(self, rev)
+
+    def commit_range(self, spec: Optional[str] = None) -> list[Commit]:
+        """``BRANCH`` or ``A..B``: its commits along first parents, oldest first."""
+        return history.commit_range(self, spec)
 
     def ancestors(self, cid: str) -> set[str]:
         return history.ancestors(self, cid)
@@ -362,10 +367,12 @@ class Repository:
         return merge(self, source, into, strategy, alpha, message, author)
 
     def save_state_dict(self, branch: str, name: str, state_dict, message: Optional[str] = None,
-                        author: Optional[str] = None) -> "CommitResult":
-        """Commit a torch state dict as ``name`` (``.safetensors`` or torch.save format)."""
+                        author: Optional[str] = None,
+                        meta: Optional[dict] = None) -> "CommitResult":
+        """Commit a torch state dict as ``name`` (``.safetensors`` or torch.save format), with
+        ``meta`` (step, loss, ...) in the commit."""
         from .savestate import save_state_dict
-        return save_state_dict(self, branch, name, state_dict, message, author)
+        return save_state_dict(self, branch, name, state_dict, message, author, meta)
 
     def read_file(self, spec: str) -> bytes:
         _, path, e = self.resolve_path(spec)
@@ -381,11 +388,12 @@ class Repository:
                lossy: Optional[str] = None, parent: Optional[str] = None,
                on_progress: Optional[Callable[[int], None]] = None,
                entries: Optional[dict[str, dict]] = None,
-               merge_parents: tuple = ()) -> CommitResult:
+               merge_parents: tuple = (), meta: Optional[dict] = None) -> CommitResult:
         """Commit local files (``dest path -> local path``), deletions and new directories to
-        ``branch``. Returns the new commit (None when nothing changed)."""
+        ``branch``, with ``meta`` (numbers and short strings: step, loss, ...; see
+        core.commitmeta) in the commit. Returns the new commit (None when nothing changed)."""
         return writes.commit(self, branch, files, deletes, mkdirs, message, author, lossy, parent,
-                             on_progress, entries, merge_parents)
+                             on_progress, entries, merge_parents, meta)
 
     def ingest(self, src: str, dest: str, branch: str,
                on_progress: Optional[Callable[[int], None]] = None,
@@ -405,12 +413,14 @@ class Repository:
     def commit_changes(self, branch: str, changes: dict[str, Optional[dict]], message: str,
                        author: Optional[str] = None, expected: Optional[str] = None,
                        lossy: bool = False, retries: int = 20,
-                       writer=None, merge_parents: tuple = ()) -> tuple[Optional[str], int]:
+                       writer=None, merge_parents: tuple = (),
+                       meta: Optional[dict] = None) -> tuple[Optional[str], int]:
         """Apply a change set on top of the branch head and move the ref by compare-and-swap,
         re-applying onto a new head if another writer got there first. ``writer``: an open
-        batch (holding the files' data) that the first attempt completes and commits."""
+        batch (holding the files' data) that the first attempt completes and commits;
+        ``meta``: what the run logged (core.commitmeta)."""
         return writes.commit_changes(self, branch, changes, message, author, expected, lossy,
-                                     retries, writer, merge_parents)
+                                     retries, writer, merge_parents, meta)
 
     def _committed(self, cid: str) -> None:
         """After a ref moved to a new commit: queue the re-encoding of what it replaced."""

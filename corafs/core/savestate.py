@@ -9,9 +9,10 @@ from typing import Optional
 
 
 def save_state_dict(repo, branch: str, name: str, state_dict, message: Optional[str] = None,
-                    author: Optional[str] = None):
+                    author: Optional[str] = None, meta: Optional[dict] = None):
     """Save ``state_dict`` as ``name`` on ``branch`` (``.safetensors`` via safetensors, any
-    other name via ``torch.save``) and commit it. Returns the CommitResult."""
+    other name via ``torch.save``) and commit it, with ``meta`` (what the loop logged: step,
+    loss, ...) in the commit. Returns the CommitResult."""
     store = repo.store
     # a temporary the next writer removes if we are killed, where the store keeps files
     tmp = store.temp_path(f"state-{uuid.uuid4().hex[:8]}") or \
@@ -25,7 +26,7 @@ def save_state_dict(repo, branch: str, name: str, state_dict, message: Optional[
             torch.save(state_dict, tmp)
         if branch not in repo.branches():
             repo.create_branch(branch)
-        return repo.commit(branch, {name: tmp}, message=message, author=author)
+        return repo.commit(branch, {name: tmp}, message=message, author=author, meta=meta)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -87,6 +87,30 @@ def stats(repo) -> Stats:
     return st
 
 
+def by_kind(repo) -> dict[str, dict]:
+    """Storage per kind of file (``.safetensors``, ``.pth``, ``.pt``, ``.json``, other):
+    versions, logical bytes (every distinct version's size) and stored bytes (each object
+    counted once, under the first kind that holds it)."""
+    files: dict[str, dict] = {}
+    for cid in repo.all_commits():
+        for p, e in tree.walk(repo, repo.commit_obj(cid).tree):
+            if e["kind"] == "file":
+                files.setdefault(e["id"], dict(e, path=p))
+    out: dict[str, dict] = {}
+    seen: set[str] = set()
+    for fid, e in sorted(files.items(), key=lambda kv: kv[1]["path"]):
+        name = e["path"].rsplit("/", 1)[-1]
+        kind = "." + name.rsplit(".", 1)[-1].lower() if "." in name else "(no extension)"
+        k = out.setdefault(kind, {"versions": 0, "logical": 0, "stored": 0})
+        k["versions"] += 1
+        k["logical"] += e["size"]
+        for oid in repo.get_meta(fid)["extents"]["obj"]:
+            if oid not in seen:
+                seen.add(oid)
+                k["stored"] += repo.store.size_of(oid)
+    return out
+
+
 def chain_depth(repo, oid: str, memo: dict) -> int:
     """How many deltas decoding ``oid`` goes through (0: a keyframe), from headers alone."""
     path = []

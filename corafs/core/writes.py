@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Optional
 
 from .. import codecs
 from ..errors import CorafsError, IngestCancelled, NotFound, RefConflict
-from . import headfirst, revparse, tree
+from . import commitmeta, headfirst, revparse, tree
 from .ingest import Ingestor, IngestResult
 
 
@@ -24,9 +24,10 @@ def commit(repo, branch: str, files: Optional[dict[str, str]], deletes: Iterable
            mkdirs: Iterable[str], message: Optional[str], author: Optional[str],
            lossy: Optional[str], parent: Optional[str],
            on_progress: Optional[Callable[[int], None]], entries: Optional[dict[str, dict]],
-           merge_parents: tuple) -> CommitResult:
+           merge_parents: tuple, meta: Optional[dict] = None) -> CommitResult:
     """``Repository.commit``: ingest into one batch, then ``commit_changes``."""
     files = dict(files or {})
+    meta = commitmeta.check(meta)          # refused before anything is ingested
     if lossy is not None and lossy not in codecs.LOSSY_OPTIONS:
         raise CorafsError(f"unknown lossy codec {lossy!r} (choose from "
                           f"{', '.join(codecs.LOSSY_OPTIONS)})")
@@ -57,7 +58,7 @@ def commit(repo, branch: str, files: Optional[dict[str, str]], deletes: Iterable
         # the first attempt writes its tree and commit into the same pack as the data
         cid, retries = repo.commit_changes(branch, changes, message, author, head,
                                            lossy=used_lossy, writer=w,
-                                           merge_parents=merge_parents)
+                                           merge_parents=merge_parents, meta=meta)
     except BaseException:
         w.abort()
         raise
@@ -113,7 +114,8 @@ def ingest_many(repo, items: list[tuple[str, str]], branch: str, cancel=None,
 def commit_changes(repo, branch: str, changes: dict[str, Optional[dict]], message: str,
                    author: Optional[str] = None, expected: Optional[str] = None,
                    lossy: bool = False, retries: int = 20,
-                   writer=None, merge_parents: tuple = ()) -> tuple[Optional[str], int]:
+                   writer=None, merge_parents: tuple = (),
+                   meta: Optional[dict] = None) -> tuple[Optional[str], int]:
     """Apply a change set on top of the branch head and move the ref by compare-and-swap,
     re-applying onto a new head if another writer got there first. ``writer``: an open
     batch (holding the files' data) that the first attempt completes and commits."""
@@ -129,7 +131,7 @@ def commit_changes(repo, branch: str, changes: dict[str, Optional[dict]], messag
                 cid = None
                 if new_tree != base_tree or merge_parents:
                     cid = repo._put_commit(w, new_tree, [head, *merge_parents], message,
-                                           author or repo.default_author(), lossy)
+                                           author or repo.default_author(), lossy, meta)
             if cid is None:
                 return None, attempt
             try:

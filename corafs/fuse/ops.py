@@ -333,7 +333,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def setxattr(self, inode, name, value, ctx):
-        self.handles.check_setxattr(inode)
+        await self._meta(self.handles.setxattr, inode, os.fsdecode(name), bytes(value))
 
     @_guard
     async def removexattr(self, inode, name, ctx):

@@ -1,7 +1,8 @@
 """Committing from training code, through the Python API (no mount, no FUSE needed).
 
 * ``TrainerCallback`` for ``transformers.Trainer``: every checkpoint the Trainer saves becomes a
-  commit on a branch (message: step and the metrics logged since the last save); with
+  commit on a branch (message: step and the metrics logged since the last save; the same as
+  the commit's metadata, with step and epoch, for ``corafs log --meta`` and plots); with
   ``load_best_model_at_end`` the best checkpoint's commit is tagged.
 * ``Repository.save_state_dict(branch, name, state_dict)`` for hand-written loops.
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..core import Repository
+from ..core import Repository, commitmeta
 
 try:                                         # the callback base class, when transformers is here
     from transformers import TrainerCallback as _Base
@@ -51,23 +52,16 @@ class TrainerCallback(_Base):
             for n in sorted(names):
                 full = os.path.join(dirpath, n)
                 files[os.path.relpath(full, ckpt).replace(os.sep, "/")] = full
-        metrics = self._metrics(state)
-        msg = f"step {state.global_step}" + (f": {metrics}" if metrics else "")
-        res = self.repo.commit(self.branch, files, message=msg, author=self.author)
+        meta = commitmeta.from_trainer_log(state.log_history[self._last_logged:],
+                                           step=state.global_step,
+                                           epoch=getattr(state, "epoch", None))
+        self._last_logged = len(state.log_history)
+        logged = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in sorted(meta.items()) if k not in ("step", "epoch"))
+        msg = f"step {state.global_step}" + (f": {logged}" if logged else "")
+        res = self.repo.commit(self.branch, files, message=msg, author=self.author, meta=meta)
         self.commits[os.path.abspath(ckpt)] = res.commit or self.repo.head(self.branch)
         return control
-
-    def _metrics(self, state) -> str:
-        """The metrics logged since the last commit, latest value of each."""
-        latest: dict = {}
-        for entry in state.log_history[self._last_logged:]:
-            for k, v in entry.items():
-                if k in ("step", "epoch") or not isinstance(v, (int, float)):
-                    continue
-                latest[k] = v
-        self._last_logged = len(state.log_history)
-        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in sorted(latest.items()))
 
     def on_train_end(self, args, state, control, **kwargs):
         best = getattr(state, "best_model_checkpoint", None)

@@ -185,9 +185,21 @@ class CommitsMixin:
         except BaseException:
             w.abort()
             raise
+        meta = dict(self.pending_meta.get(branch, {}))
         cid, _ = self.repo.commit_changes(branch, changes, message, self.author,
-                                          expected=base, writer=w)
+                                          expected=base, writer=w, meta=meta)
+        if cid and meta and self.pending_meta.get(branch) == meta:
+            self.pending_meta.pop(branch, None)      # carried by this commit
         return cid, t0
+
+    def set_meta(self, branch: str, key: str, value) -> None:
+        """Metadata for the next commit of ``branch`` (``setfattr -n user.corafs.meta.loss
+        -v 0.12 MNT/main``): it rides on the next commit that has changes, and is kept in
+        memory until then (an unmount with nothing to commit drops it)."""
+        from ..core import commitmeta
+        pending = dict(self.pending_meta.get(branch, {}))
+        pending[key] = value
+        self.pending_meta[branch] = commitmeta.check(pending)
 
     def _rewrite(self, branch: str) -> None:
         """After a commit or a merge of another writer's commit: the branch's rows anew."""

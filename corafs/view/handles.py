@@ -100,8 +100,25 @@ class OpenFiles:
         self.parent(new_parent)
         raise _err(errno.EPERM)                       # hard links are not versioned
 
-    def check_setxattr(self, inode: int) -> None:
-        raise _err(errno.ENOTSUP if self.view.node(inode).live else errno.EROFS)
+    META = "user.corafs.meta."
+
+    def setxattr(self, inode: int, name: str, value: bytes) -> None:
+        """*Blocking*. Only commit metadata on a branch's top directory
+        (``user.corafs.meta.KEY``: rides on the branch's next commit); nothing else is
+        versioned (ENOTSUP), and history is read-only (EROFS)."""
+        n = self.view.node(inode)
+        if not n.live:
+            raise _err(errno.EROFS)
+        if not name.startswith(self.META) or n.kind != "dir" or \
+                self.staging.forest.path(n) != "":
+            raise _err(errno.ENOTSUP)
+        from ..core import commitmeta
+        from ..errors import CorafsError
+        try:
+            self.staging.set_meta(n.branch, name[len(self.META):],
+                                  commitmeta.parse_value(value.decode()))
+        except (CorafsError, UnicodeDecodeError):
+            raise _err(errno.EINVAL) from None
 
     def check_removexattr(self, inode: int) -> None:
         raise _err(ENOATTR if self.view.node(inode).live else errno.EROFS)

@@ -388,6 +388,13 @@ class MountView:
                 commit = bt.base if bt is not None else n.commit
             if commit:
                 out["user.corafs.commit"] = commit.encode()
+                if n.kind == "dir":             # what the run logged (corafs log --meta)
+                    meta = dict(self.repo.commit_obj(commit).meta)
+                    if n.live and self.staging is not None and \
+                            self.staging.forest.path(n) == "":
+                        meta.update(self.staging.pending_meta.get(n.branch, {}))
+                    for k, v in meta.items():
+                        out[f"user.corafs.meta.{k}"] = str(v).encode()
             if n.kind == "file":
                 e = n.entry
                 if n.live and n.staged is not None:

@@ -47,6 +47,8 @@ class Staging(CommitsMixin, RecoveryMixin):
     def __init__(self, repo, root: Optional[str], commit_delay: float = 1.0,
                  author: Optional[str] = None):
         self.repo = repo
+        #: branch -> metadata for its next commit (set_meta, through setxattr)
+        self.pending_meta: dict[str, dict] = {}
         self.root = root
         self.commit_delay = commit_delay
         self.author = author

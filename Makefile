@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all test-lowest test-asan bench
+.PHONY: setup test-setup demo test test-all test-lowest test-asan bench
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -13,11 +13,15 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
 
 # the default suite (about 10 minutes on 2 cores); slow cases are marked and run by test-all
-test: setup
+test: test-setup
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: setup
+test-all: test-setup
 	$(PY) -m pytest -q
+
+# what the tests need beyond a user's install: a headless browser for the report page
+test-setup:
+	TEST_TOOLS=1 VENV=$(VENV) bash scripts/setup.sh
 
 # the lowest versions pyproject.toml allows, in a second environment: the smoke tests
 test-lowest:

@@ -11,8 +11,12 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-# gcc builds corafs's compiled kernels (and pyfuse3); libfuse3-dev and pkg-config pyfuse3
+# gcc builds corafs's compiled kernels (and pyfuse3); libfuse3-dev and pkg-config pyfuse3;
+# TEST_TOOLS=1 (make test) adds the headless browser the report tests open the page in
 APT_PACKAGES="fuse3 libfuse3-dev pkg-config rsync sqlite3 gcc"
+if [ "${TEST_TOOLS:-0}" = 1 ]; then
+  APT_PACKAGES="$APT_PACKAGES chromium-headless-shell"
+fi
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
     apt-get update -qq
@@ -35,11 +39,11 @@ if [ "${LOWEST:-0}" = 1 ]; then
   "${PIP[@]}" install -c "$VENV/lowest-constraints.txt" setuptools
   "${PIP[@]}" install "$TORCH" -c "$VENV/lowest-constraints.txt" --no-build-isolation -e ".[test]"
 else
-  "${PIP[@]}" install --upgrade --upgrade-strategy eager "$TORCH" -e ".[test,bench]"
+  "${PIP[@]}" install --upgrade --upgrade-strategy eager "$TORCH" -e ".[test,bench,plot]"
 fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 names = ["trio", "pyfuse3", "numpy", "h5py", "zstandard", "xxhash", "tqdm", "boto3",
-         "safetensors", "torch", "transformers", "moto", "hypothesis", "pytest"]
+         "safetensors", "torch", "transformers", "moto", "hypothesis", "pytest", "matplotlib"]
 print("corafs environment: " + ", ".join(f"{n} {md.version(n)}" for n in names))
 PY

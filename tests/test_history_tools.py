@@ -128,10 +128,13 @@ def test_save_state_dict_from_a_loop(repo):
         loss.backward()
         opt.step()
         repo.save_state_dict("run", "model.safetensors", model.state_dict(),
-                             message=f"step {step} loss={loss.item():.3f}")
+                             message=f"step {step} loss={loss.item():.3f}",
+                             meta={"step": step, "loss": loss.detach()})
     repo.save_state_dict("run", "model.pth", {"model": model.state_dict(), "step": 3})
     log = repo.log("run")
     assert log[1].message.startswith("step 2 loss=")
+    assert log[1].meta["step"] == 2 and isinstance(log[1].meta["loss"], float)   # a tensor in
+    assert log[0].meta == {}                                  # no metadata: none recorded
     back = repo.load_tensors("run:model.safetensors", framework="torch")
     assert torch.equal(back["weight"], model.state_dict()["weight"])
     with corafs.open(repo, "run:model.pth") as f:
@@ -177,6 +180,9 @@ def test_trainer_callback_commits_every_checkpoint(tmp_path):
         msgs = [c.message for c in log]
         assert [m.split(":")[0] for m in msgs[:3]] == ["step 6", "step 4", "step 2"], msgs
         assert "loss=" in msgs[0] and "eval_loss=" in msgs[0]
+        meta = log[0].meta                                # the same numbers, as data
+        assert meta["step"] == 6 and meta["epoch"] > 0 and isinstance(meta["eval_loss"], float)
+        assert [c.meta["step"] for c in log[:3]] == [6, 4, 2]
         for i, step in enumerate((6, 4, 2)):            # every checkpoint loads back equal
             ckpt = tmp_path / "out" / f"checkpoint-{step}"
             for name in ("model.safetensors", "trainer_state.json"):

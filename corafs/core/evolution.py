@@ -185,20 +185,34 @@ def _relative(dd: float, aa: float) -> float:
     return 0.0 if dd == 0 else float("inf")
 
 
+def _floats(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """A block as floats for the norms: float32 for the float types training writes (BLAS
+    dot products, a plot's precision), float64 through ``diff.to_float`` for the rest.
+    Non-finite values count as zero."""
+    if dtype == "F32" and raw.size % 4 == 0:
+        a = raw.view(np.float32)
+    elif dtype == "BF16" and raw.size % 2 == 0:
+        a = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    elif dtype == "F16" and raw.size % 2 == 0:
+        a = raw.view(np.float16).astype(np.float32)
+    else:
+        return to_float(raw, dtype)
+    if not np.isfinite(a).all():
+        a = np.where(np.isfinite(a), a, np.float32(0))
+    return a
+
+
 def _change(repo, x: dict, y: dict) -> tuple[float, float]:
     """(||y - x||^2, ||x||^2), block by block."""
     bx = [b[0] for b in repo.tensor_manifest(x["id"])["blocks"]]
     by = [b[0] for b in repo.tensor_manifest(y["id"])["blocks"]]
     dd = aa = 0.0
     for i, j in zip(bx, by):
-        u = to_float(repo.decoder.raw(i), x["dtype"])
-        if i == j:
-            aa += float(np.dot(u, u))
-            continue
-        v = to_float(repo.decoder.raw(j), y["dtype"])
-        d = v - u
-        dd += float(np.dot(d, d))
+        u = _floats(repo.decoder.raw(i), x["dtype"])
         aa += float(np.dot(u, u))
+        if i != j:
+            d = _floats(repo.decoder.raw(j), y["dtype"]) - u
+            dd += float(np.dot(d, d))
     return dd, aa
 
 

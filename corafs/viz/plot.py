@@ -66,9 +66,8 @@ def render(ev: Evolution, out: str, metrics: Optional[Sequence[str]] = None,
     lo = float(positive.min()) if positive.size else 1e-8
     hi = float(positive.max()) if positive.size else 1.0
     lo = max(lo, hi * 1e-6)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#eeeeee")                       # no parent, or the tensor is missing
-    cmap.set_under("#ffffff")                     # unchanged (frozen, buffers)
+    # grey: no parent, or the tensor is missing; white: unchanged (frozen, buffers)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee", under="#ffffff")
     img = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap,
                     norm=LogNorm(vmin=lo, vmax=max(hi, lo * 10)))
     layers = ev.layers()

@@ -44,6 +44,7 @@ fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 names = ["trio", "pyfuse3", "numpy", "h5py", "zstandard", "xxhash", "tqdm", "boto3",
-         "safetensors", "torch", "transformers", "moto", "hypothesis", "pytest", "matplotlib"]
+         "safetensors", "torch", "transformers", "moto", "hypothesis", "pytest", "matplotlib",
+         "lightning"]
 print("corafs environment: " + ", ".join(f"{n} {md.version(n)}" for n in names))
 PY

@@ -1,6 +1,9 @@
 """The object-store interface. Small on purpose: a content-addressed byte store with ranged
 reads and batched durable writes, plus refs with compare-and-swap. Local HDF5 packs and S3 both
-implement it; caching, retry and fault injection are wrappers around it."""
+implement it; the repository's config is kept by it too. Fault injection is a wrapper store
+(``faults``); the decoded-block cache sits above, in the Repository; retries sit below, in the
+S3 client (botocore's standard mode, which knows which requests are safe to repeat, plus
+Retry-After: ``s3client``), where a wrapper could not tell a lost race from a lost reply."""
 from __future__ import annotations
 
 import abc

@@ -105,17 +105,21 @@ class S3Bucket:
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
-    def put(self, rel: str, data: bytes, **cond):
+    def _conditional(self, call, rel: str, **kw):
+        """A write that may carry a condition: a lost race comes back as the client's own
+        error (the caller judges it), anything else as an S3Error naming the key."""
         from botocore.exceptions import BotoCoreError, ClientError
         try:
-            return self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=data,
-                                      **cond)
+            return call(Bucket=self.bucket, Key=self.key(rel), **kw)
         except ClientError as e:
             if lost_race(e):
                 raise
             raise describe(e, self.bucket, self.key(rel)) from None
         except BotoCoreError as e:
             raise describe(e, self.bucket, self.key(rel)) from None
+
+    def put(self, rel: str, data: bytes, **cond):
+        return self._conditional(self.client.put_object, rel, Body=data, **cond)
 
     def get(self, rel: str, rng: Optional[str] = None) -> Optional[tuple[bytes, str]]:
         """(body, etag), or None when the key does not exist."""
@@ -161,15 +165,7 @@ class S3Bucket:
                           f"{type(e).__name__}") from None
 
     def delete(self, rel: str, **cond) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(rel), **cond)
-        except ClientError as e:
-            if lost_race(e):
-                raise
-            raise describe(e, self.bucket, self.key(rel)) from None
-        except BotoCoreError as e:
-            raise describe(e, self.bucket, self.key(rel)) from None
+        self._conditional(self.client.delete_object, rel, **cond)
 
     def check_conditional_writes(self) -> None:
         """Two writers racing to create one key, and a move with a stale ETag: the service

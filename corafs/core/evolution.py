@@ -5,9 +5,10 @@ checkpoint file, the relative change against the commit before it, ``||w_k - w_{
 What it costs: a tensor whose stored id did not change (a frozen layer, an untouched buffer)
 costs nothing; for the others both versions are decoded block by block (our deltas are
 bit-exact transforms of the bit patterns, XOR or ordered subtraction, not arithmetic
-differences, so a norm of the change cannot be read off a stored delta). Versions are taken
-newest first, the order head-first encoding stores them in (an older version is a delta
-against the newer one), so each is decoded about once, its base found in the block cache;
+differences, so a norm of the change cannot be read off a stored delta). Each tensor is
+walked on its own from the newest version to the oldest, the order head-first encoding stores
+them in (an older version is a delta against the newer one): each version of it is decoded
+once, its base found in the block cache, which only ever needs one tensor's few blocks;
 tensors are spread over the repository's worker pool. Results are cached by
 the two tensor ids (content ids never change meaning) in this machine's state directory, so a
 second plot of the same range decodes nothing.
@@ -154,21 +155,28 @@ def compute(repo, spec: Optional[str] = None, path: Optional[str] = None,
     lock = threading.Lock()
     total = sum(2 * int(t[3]["nbytes"]) for t in todo)
     bar = progress(total) if progress is not None else contextlib.nullcontext(lambda n: None)
+    rows: dict[str, list] = {}
+    for t in todo:
+        rows.setdefault(t[1], []).append(t)
     with bar as update:
-        def one(item):
-            k, name, x, y = item
-            dd, aa = _change(repo, x, y)
-            with lock:
-                cache.put(x["id"], y["id"], dd, aa)
-                update(2 * int(y["nbytes"]))
-            return k, name, _relative(dd, aa)
+        def one_row(items):
+            """One tensor across the range, newest pair first: its older version is stored
+            as a delta against the newer one (head-first), which the pair before has just
+            decoded, so the block cache only ever needs one tensor's few blocks."""
+            out = []
+            for k, name, x, y in sorted(items, key=lambda t: -t[0]):
+                dd, aa = _change(repo, x, y)
+                with lock:
+                    cache.put(x["id"], y["id"], dd, aa)
+                    update(2 * int(y["nbytes"]))
+                out.append((k, name, _relative(dd, aa)))
+            return out
 
-        # by column, newest first: an older version is stored as a delta against the newer
-        # one (head-first), which the previous column has just decoded into the block cache;
-        # within a column, tensors in parallel
-        for k in sorted({t[0] for t in todo}, reverse=True):
-            for kk, name, r in repo.pool.map(one, [t for t in todo if t[0] == k]):
-                cols[kk][name] = r
+        # tensors in parallel over the worker pool, the largest first
+        order_rows = sorted(rows.values(), key=lambda items: -int(items[0][3]["nbytes"]))
+        for done in repo.pool.map(one_row, order_rows):
+            for k, name, r in done:
+                cols[k][name] = r
     ev.computed_pairs = len(todo)
     ev.decoded_bytes = repo.decoder.decoded_bytes - before
     cache.save()
@@ -187,19 +195,30 @@ def _relative(dd: float, aa: float) -> float:
 
 def _floats(raw: np.ndarray, dtype: str) -> np.ndarray:
     """A block as floats for the norms: float32 for the float types training writes (BLAS
-    dot products, a plot's precision), float64 through ``diff.to_float`` for the rest.
-    Non-finite values count as zero."""
+    dot products, a plot's precision), float64 through ``diff.to_float`` for the rest."""
     if dtype == "F32" and raw.size % 4 == 0:
-        a = raw.view(np.float32)
-    elif dtype == "BF16" and raw.size % 2 == 0:
-        a = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    elif dtype == "F16" and raw.size % 2 == 0:
-        a = raw.view(np.float16).astype(np.float32)
-    else:
-        return to_float(raw, dtype)
-    if not np.isfinite(a).all():
-        a = np.where(np.isfinite(a), a, np.float32(0))
-    return a
+        return raw.view(np.float32)
+    if dtype == "BF16" and raw.size % 2 == 0:
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16" and raw.size % 2 == 0:
+        return raw.view(np.float16).astype(np.float32)
+    return to_float(raw, dtype)
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(a), a, a.dtype.type(0))
+
+
+def _sums(u: np.ndarray, v: Optional[np.ndarray]) -> tuple[float, float]:
+    """(||v - u||^2, ||u||^2); non-finite values count as zero (checked only when a sum
+    comes out non-finite: one pass less over every block)."""
+    aa = float(np.dot(u, u))
+    dd = float(np.dot(d, d)) if v is not None and (d := v - u) is not None else 0.0
+    if math.isfinite(aa) and math.isfinite(dd):
+        return dd, aa
+    u = _finite(u)
+    v = _finite(v) if v is not None else None
+    return (float(np.dot(v - u, v - u)) if v is not None else 0.0), float(np.dot(u, u))
 
 
 def _change(repo, x: dict, y: dict) -> tuple[float, float]:
@@ -209,10 +228,10 @@ def _change(repo, x: dict, y: dict) -> tuple[float, float]:
     dd = aa = 0.0
     for i, j in zip(bx, by):
         u = _floats(repo.decoder.raw(i), x["dtype"])
-        aa += float(np.dot(u, u))
-        if i != j:
-            d = _floats(repo.decoder.raw(j), y["dtype"]) - u
-            dd += float(np.dot(d, d))
+        v = _floats(repo.decoder.raw(j), y["dtype"]) if i != j else None
+        d, a = _sums(u, v)
+        dd += d
+        aa += a
     return dd, aa
 
 

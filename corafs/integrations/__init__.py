@@ -11,194 +11,21 @@
 * ``Repository.save_state_dict(branch, name, state_dict)`` for hand-written loops.
 
 transformers, lightning and torch are imported only here, and only when used.
+Each lives in its own module and is imported on first use, so importing one (or the fsspec
+filesystem, ``corafs.integrations.fsspec_fs``) never imports the others' frameworks.
 """
 from __future__ import annotations
 
-import os
-from typing import Optional
-
-from ..core import Repository, commitmeta
-
-try:                                         # the callback base class, when transformers is here
-    from transformers import TrainerCallback as _Base
-except ImportError:                          # pragma: no cover - exercised without transformers
-    _Base = object
+_WHERE = {"TrainerCallback": "transformers_cb", "LightningCallback": "lightning_cb",
+          "CorafsFileSystem": "fsspec_fs"}
 
 
-class TrainerCallback(_Base):
-    """``Trainer(..., callbacks=[corafs.integrations.TrainerCallback("./repo", branch="run1")])``
-
-    Each saved ``checkpoint-N`` directory is committed to ``branch`` (created from the default
-    branch if missing) with its contents at the branch root, so the head is always the latest
-    checkpoint and ``@history`` / ``main~k`` hold the earlier ones, delta-encoded against each
-    other. ``best_tag``: the tag moved to the best checkpoint's commit at the end of training
-    when the Trainer tracks one (``load_best_model_at_end``)."""
-
-    def __init__(self, repo, branch: str = "main", best_tag: Optional[str] = None,
-                 author: Optional[str] = None):
-        self.repo = repo if isinstance(repo, Repository) else Repository(repo)
-        self.branch = branch
-        self.best_tag = best_tag or f"{branch}-best"
-        self.author = author
-        self.commits: dict[str, str] = {}        # checkpoint directory -> commit id
-        self._last_logged = 0
-        if branch not in self.repo.branches():
-            self.repo.create_branch(branch)
-
-    def on_save(self, args, state, control, **kwargs):
-        if not getattr(state, "is_world_process_zero", True):
-            return control
-        ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if not os.path.isdir(ckpt):
-            return control
-        files = {}
-        for dirpath, _dirs, names in os.walk(ckpt):
-            for n in sorted(names):
-                full = os.path.join(dirpath, n)
-                files[os.path.relpath(full, ckpt).replace(os.sep, "/")] = full
-        meta = commitmeta.from_trainer_log(state.log_history[self._last_logged:],
-                                           step=state.global_step,
-                                           epoch=getattr(state, "epoch", None))
-        self._last_logged = len(state.log_history)
-        logged = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in sorted(meta.items()) if k not in ("step", "epoch"))
-        msg = f"step {state.global_step}" + (f": {logged}" if logged else "")
-        res = self.repo.commit(self.branch, files, message=msg, author=self.author, meta=meta)
-        self.commits[os.path.abspath(ckpt)] = res.commit or self.repo.head(self.branch)
-        return control
-
-    def on_train_end(self, args, state, control, **kwargs):
-        best = getattr(state, "best_model_checkpoint", None)
-        if best and getattr(state, "is_world_process_zero", True):
-            cid = self.commits.get(os.path.abspath(best))
-            if cid:
-                if self.best_tag in self.repo.tags():
-                    self.repo.delete_tag(self.best_tag)
-                self.repo.create_tag(self.best_tag, cid,
-                                     message=f"best checkpoint ({os.path.basename(best)})")
-        return control
+def __getattr__(name: str):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'corafs.integrations' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
 
 
-try:                                         # the Lightning callback base, when lightning is here
-    from lightning.pytorch.callbacks import Callback as _LBase
-except ImportError:                          # pragma: no cover - exercised without lightning
-    try:
-        from pytorch_lightning.callbacks import Callback as _LBase
-    except ImportError:
-        _LBase = object
-
-
-class LightningCallback(_LBase):
-    """``Trainer(callbacks=[ModelCheckpoint(...), LightningCallback("./repo", branch="run1")])``
-
-    Every checkpoint file Lightning writes is committed to ``branch`` (created from the default
-    branch if missing) under one name, ``name`` (default ``model.ckpt``), so that consecutive
-    saves delta-encode against each other and the branch head is always the latest save; the
-    file Lightning wrote keeps its own name and place (``ModelCheckpoint``'s top-k files, or
-    the path given to ``trainer.save_checkpoint``), which the commit's message and metadata
-    (``file``) record. The metadata also holds ``step``, ``epoch`` and every number in
-    ``trainer.callback_metrics`` (what ``self.log`` logged). A ``.ckpt`` is a torch zip: its
-    tensors are parsed, deduplicated and delta-encoded like a ``.pth``'s. At the end of
-    ``fit`` the commit of the best checkpoint of the trainer's ``ModelCheckpoint`` (its
-    ``monitor``) is tagged ``best_tag`` (default ``<branch>-best``).
-
-    How: at ``setup`` the strategy's ``CheckpointIO`` is wrapped, so every save goes through
-    it (only the global rank 0 process commits), whichever callback or call made it."""
-
-    def __init__(self, repo, branch: str = "main", name: str = "model.ckpt",
-                 best_tag: Optional[str] = None, author: Optional[str] = None):
-        self.repo = repo if isinstance(repo, Repository) else Repository(repo)
-        self.branch = branch
-        self.name = name
-        self.best_tag = best_tag or f"{branch}-best"
-        self.author = author
-        self.commits: dict[str, str] = {}        # file Lightning wrote -> commit id
-        if branch not in self.repo.branches():
-            self.repo.create_branch(branch)
-
-    def setup(self, trainer, pl_module, stage=None):
-        io = trainer.strategy.checkpoint_io
-        if not isinstance(io, _CommittingIO):
-            trainer.strategy.checkpoint_io = _CommittingIO(io, self, trainer)
-
-    def commit_file(self, trainer, path: str) -> Optional[str]:
-        if getattr(trainer, "global_rank", 0) != 0:
-            return None
-        meta = {k: v for k, v in _numbers(getattr(trainer, "callback_metrics", {})).items()
-                if commitmeta.KEY.match(k)}
-        meta.update(step=int(trainer.global_step), epoch=int(trainer.current_epoch),
-                    file=os.path.basename(path))
-        logged = ", ".join(f"{k}={v:.4g}" for k, v in sorted(meta.items())
-                           if isinstance(v, float))
-        msg = f"step {trainer.global_step} ({os.path.basename(path)})" + \
-            (f": {logged}" if logged else "")
-        res = self.repo.commit(self.branch, {self.name: path}, message=msg, author=self.author,
-                               meta=meta)
-        cid = res.commit or self.repo.head(self.branch)
-        self.commits[os.path.abspath(path)] = cid
-        return cid
-
-    def on_fit_end(self, trainer, pl_module):
-        if getattr(trainer, "global_rank", 0) != 0:
-            return
-        ckpt = getattr(trainer, "checkpoint_callback", None)
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        cid = self.commits.get(os.path.abspath(best)) if best else None
-        if cid:
-            if self.best_tag in self.repo.tags():
-                self.repo.delete_tag(self.best_tag)
-            self.repo.create_tag(self.best_tag, cid,
-                                 message=f"best checkpoint ({os.path.basename(best)}, "
-                                         f"{getattr(ckpt, 'monitor', None)}="
-                                         f"{_number(getattr(ckpt, 'best_model_score', None))})")
-
-
-try:
-    from lightning.fabric.plugins import CheckpointIO as _IOBase
-except ImportError:                          # pragma: no cover - exercised without lightning
-    _IOBase = object
-
-
-class _CommittingIO(_IOBase):
-    """The strategy's CheckpointIO, committing each file it saved. Everything else is the
-    wrapped one's (loading, removing, teardown)."""
-
-    def __init__(self, inner, callback: LightningCallback, trainer):
-        self._inner, self._callback, self._trainer = inner, callback, trainer
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        self._inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
-        self._callback.commit_file(self._trainer, os.fspath(path))
-
-    def load_checkpoint(self, path, *args, **kwargs):
-        return self._inner.load_checkpoint(path, *args, **kwargs)
-
-    def remove_checkpoint(self, path) -> None:
-        self._inner.remove_checkpoint(path)     # the file goes; its commit stays in history
-
-    def teardown(self) -> None:
-        self._inner.teardown()
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
-def _number(v):
-    if v is None:
-        return None
-    try:
-        return float(v.item() if hasattr(v, "item") else v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _numbers(metrics) -> dict:
-    out = {}
-    for k, v in dict(metrics).items():
-        x = _number(v)
-        if x is not None:
-            out[str(k)] = x
-    return out
-
-
-__all__ = ["TrainerCallback", "LightningCallback"]
+__all__ = ["TrainerCallback", "LightningCallback", "CorafsFileSystem"]

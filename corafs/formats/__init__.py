@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 from ..errors import UnsupportedFormat
-from . import pth, safetensors
+from . import dcp, pth, safetensors
 from .layout import Layout, TensorSpan, View
 
 CHECKPOINT_SUFFIXES = {".safetensors": "safetensors", ".pth": "pth", ".pt": "pth",
-                       ".ckpt": "pth", ".bin": "pth", ".tar": "pth"}
+                       ".ckpt": "pth", ".bin": "pth", ".tar": "pth", ".distcp": "distcp"}
 
 
 def detect(f, name: str, size: int) -> Layout:
@@ -20,9 +20,11 @@ def detect(f, name: str, size: int) -> Layout:
     suffix = os.path.splitext(name)[1].lower()
     expected = CHECKPOINT_SUFFIXES.get(suffix)
     candidates = []
-    if safetensors.looks_like(head):
+    if dcp.looks_like(name):
+        candidates.append(dcp)             # torch.save records back to back, not one zip
+    elif safetensors.looks_like(head):
         candidates.append(safetensors)
-    if pth.looks_like(head):
+    elif pth.looks_like(head):
         candidates.append(pth)
     reason = None
     for mod in candidates:
@@ -42,6 +44,8 @@ def detect(f, name: str, size: int) -> Layout:
             reason = f"not parsed as safetensors: {_why_not_safetensors(head, size)}"
         elif expected == "pth" and suffix != ".bin":
             reason = "not parsed as pth: not a zip archive"
+        elif expected == "distcp":
+            reason = "not parsed as distcp: empty"
     return Layout("opaque", size, reason=reason)
 
 

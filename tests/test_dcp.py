@@ -8,8 +8,10 @@ import warnings
 import pytest
 import torch
 
+import corafs
 from conftest import sha256_bytes, sha256_file
 from corafs.formats import detect
+from mountutil import mounted, needs_fuse, settled, wait_for
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
@@ -93,3 +95,48 @@ def test_distcp_files_that_lie_are_stored_opaque_with_the_reason(repo, tmp_path)
         assert repo.read_file(f"main:{name}") == body
     tr = _layout(tmp_path / "truncated.distcp")                # the archives that are whole
     assert tr.format == "opaque" or all(s.offset + s.nbytes <= len(raw) // 2 for s in tr.spans)
+
+
+def _rank(rank, world, init, path, mode, out):
+    import torch.distributed as dist
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+        try:
+            torch.manual_seed(rank)
+            mine = {f"rank{rank}.w": torch.randn(256, 256) + rank,
+                    "shared.b": torch.arange(64, dtype=torch.float32)}
+            if mode == "save":
+                dcp.save(mine, checkpoint_id=path)
+            else:
+                back = {k: torch.zeros_like(v) for k, v in mine.items()}
+                dcp.load(back, checkpoint_id=path)
+                torch.save(back, os.path.join(out, f"loaded{rank}.pt"))
+                torch.save(mine, os.path.join(out, f"want{rank}.pt"))
+        finally:
+            dist.destroy_process_group()
+
+
+@needs_fuse
+@pytest.mark.mount
+def test_two_gloo_ranks_save_and_load_dcp_through_the_mount(fresh, tmp_path):
+    import torch.multiprocessing as mp
+    repo, mnt = fresh
+    with mounted(repo, mnt, "--commit-delay", "0.2") as m:
+        path = f"{m}/main/step-100"
+        for mode in ("save", "load"):
+            init = f"file://{tmp_path}/rdv-{mode}"
+            mp.start_processes(_rank, args=(2, init, path, mode, str(tmp_path)), nprocs=2,
+                               start_method="spawn")
+        for rank in (0, 1):
+            back = torch.load(tmp_path / f"loaded{rank}.pt", weights_only=True)
+            want = torch.load(tmp_path / f"want{rank}.pt", weights_only=True)
+            assert all(torch.equal(back[k], want[k]) for k in want)
+        assert wait_for(lambda: settled(repo), timeout=60)
+    with corafs.Repository(str(repo)) as r:
+        names = {p for p, e in r.walk(r.head("main")) if e["kind"] == "file"}
+        assert {"step-100/.metadata", "step-100/__0_0.distcp", "step-100/__1_0.distcp"} <= names
+        for rank in (0, 1):
+            e = r.entry(r.head("main"), f"step-100/__{rank}_0.distcp")
+            assert e["format"] == "pth"                       # split into tensors
+        assert r.fsck().ok

@@ -97,6 +97,25 @@ def test_distcp_files_that_lie_are_stored_opaque_with_the_reason(repo, tmp_path)
     assert tr.format == "opaque" or all(s.offset + s.nbytes <= len(raw) // 2 for s in tr.spans)
 
 
+def test_a_hostile_metadata_file_is_never_unpickled(repo, tmp_path):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/pwned",))
+    d = tmp_path / "ck"
+    d.mkdir()
+    (d / ".metadata").write_bytes(pickle.dumps(Boom()))
+    _save(_state(4), tmp_path / "real")
+    for p in (tmp_path / "real").iterdir():
+        if p.suffix == ".distcp":
+            (d / p.name).write_bytes(p.read_bytes())
+    repo.commit("main", {f"ck/{p.name}": str(p) for p in d.iterdir()})
+    assert not (tmp_path / "pwned").exists()
+    assert repo.read_file("main:ck/.metadata") == (d / ".metadata").read_bytes()
+    assert repo.entry(repo.head("main"), "ck/.metadata")["format"] == "opaque"
+
+
 def _rank(rank, world, init, path, mode, out):
     import torch.distributed as dist
     with warnings.catch_warnings():

@@ -116,7 +116,7 @@ def test_a_hostile_metadata_file_is_never_unpickled(repo, tmp_path):
     assert repo.entry(repo.head("main"), "ck/.metadata")["format"] == "opaque"
 
 
-def _rank(rank, world, init, path, mode, out):
+def _rank(rank, world, init, path, mode, out, repo=None):
     import torch.distributed as dist
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -125,11 +125,19 @@ def _rank(rank, world, init, path, mode, out):
             torch.manual_seed(rank)
             mine = {f"rank{rank}.w": torch.randn(256, 256) + rank,
                     "shared.b": torch.arange(64, dtype=torch.float32)}
+            io_kw = {}
+            if repo is not None:                 # through fsspec, each rank its own client
+                from torch.distributed.checkpoint._fsspec_filesystem import (FsspecReader,
+                                                                             FsspecWriter)
+                io_kw = {"storage_writer": FsspecWriter(path, repo=repo)} if mode == "save" \
+                    else {"storage_reader": FsspecReader(path, repo=repo)}
+            else:
+                io_kw = {"checkpoint_id": path}
             if mode == "save":
-                dcp.save(mine, checkpoint_id=path)
+                dcp.save(mine, **io_kw)
             else:
                 back = {k: torch.zeros_like(v) for k, v in mine.items()}
-                dcp.load(back, checkpoint_id=path)
+                dcp.load(back, **io_kw)
                 torch.save(back, os.path.join(out, f"loaded{rank}.pt"))
                 torch.save(mine, os.path.join(out, f"want{rank}.pt"))
         finally:
@@ -159,3 +167,20 @@ def test_two_gloo_ranks_save_and_load_dcp_through_the_mount(fresh, tmp_path):
             e = r.entry(r.head("main"), f"step-100/__{rank}_0.distcp")
             assert e["format"] == "pth"                       # split into tensors
         assert r.fsck().ok
+
+
+def test_two_gloo_ranks_save_and_load_dcp_through_fsspec(repo, tmp_path):
+    import torch.multiprocessing as mp
+    path = "corafs://main/step-200"
+    for mode in ("save", "load"):
+        init = f"file://{tmp_path}/rdv-{mode}"
+        mp.start_processes(_rank, args=(2, init, path, mode, str(tmp_path), repo.path),
+                           nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        back = torch.load(tmp_path / f"loaded{rank}.pt", weights_only=True)
+        want = torch.load(tmp_path / f"want{rank}.pt", weights_only=True)
+        assert all(torch.equal(back[k], want[k]) for k in want)
+    with corafs.Repository(repo.path) as r:                # both ranks' commits landed
+        names = {p for p, e in r.walk(r.head("main")) if e["kind"] == "file"}
+        assert {"step-200/.metadata", "step-200/__0_0.distcp", "step-200/__1_0.distcp"} <= names
+        assert r.entry(r.head("main"), "step-200/__1_0.distcp")["format"] == "pth"

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import NotFound
-from .diff import _shapes, to_float
+from .diff import _shapes, sums
 from .history import Commit
 
 CACHE = os.path.join("cache", "evolution.json")
@@ -99,8 +99,7 @@ def compute(repo, spec: Optional[str] = None, path: Optional[str] = None,
         raise NotFound("commits in", spec or repo.default_branch)
     path = path or default_path(repo, commits[-1].id)
     cache = _Cache(os.path.join(repo.path, CACHE)) if use_cache else _Cache(None)
-    tensors: dict[str, dict] = {}
-    order: list[str] = []
+    order: list[str] = []                            # rows: tensor names, first seen first
 
     def manifest(cid: str) -> Optional[dict]:
         try:
@@ -116,6 +115,7 @@ def compute(repo, spec: Optional[str] = None, path: Optional[str] = None,
     work: list[tuple[int, str, dict, dict]] = []      # (column, name, old, new)
     cols: list[dict[str, float]] = []
     kept: list[Commit] = []                          # commits that hold the file: columns
+    seen: set[str] = set()
     for c in commits:
         cur = manifest(c.id)
         if cur is None:
@@ -124,10 +124,8 @@ def compute(repo, spec: Optional[str] = None, path: Optional[str] = None,
         k = len(kept)
         kept.append(c)
         col: dict[str, float] = {}
-        for name in cur:
-            if name not in tensors:
-                tensors[name] = cur[name]
-                order.append(name)
+        order.extend(n for n in cur if n not in seen)
+        seen.update(cur)
         if prev is not None:
             for name, y in cur.items():
                 x = prev.get(name)
@@ -193,45 +191,9 @@ def _relative(dd: float, aa: float) -> float:
     return 0.0 if dd == 0 else float("inf")
 
 
-def _floats(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """A block as floats for the norms: float32 for the float types training writes (BLAS
-    dot products, a plot's precision), float64 through ``diff.to_float`` for the rest."""
-    if dtype == "F32" and raw.size % 4 == 0:
-        return raw.view(np.float32)
-    if dtype == "BF16" and raw.size % 2 == 0:
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F16" and raw.size % 2 == 0:
-        return raw.view(np.float16).astype(np.float32)
-    return to_float(raw, dtype)
-
-
-def _finite(a: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(a), a, a.dtype.type(0))
-
-
-def _sums(u: np.ndarray, v: Optional[np.ndarray]) -> tuple[float, float]:
-    """(||v - u||^2, ||u||^2); non-finite values count as zero (checked only when a sum
-    comes out non-finite: one pass less over every block)."""
-    aa = float(np.dot(u, u))
-    dd = float(np.dot(d, d)) if v is not None and (d := v - u) is not None else 0.0
-    if math.isfinite(aa) and math.isfinite(dd):
-        return dd, aa
-    u = _finite(u)
-    v = _finite(v) if v is not None else None
-    return (float(np.dot(v - u, v - u)) if v is not None else 0.0), float(np.dot(u, u))
-
-
 def _change(repo, x: dict, y: dict) -> tuple[float, float]:
-    """(||y - x||^2, ||x||^2), block by block."""
-    bx = [b[0] for b in repo.tensor_manifest(x["id"])["blocks"]]
-    by = [b[0] for b in repo.tensor_manifest(y["id"])["blocks"]]
-    dd = aa = 0.0
-    for i, j in zip(bx, by):
-        u = _floats(repo.decoder.raw(i), x["dtype"])
-        v = _floats(repo.decoder.raw(j), y["dtype"]) if i != j else None
-        d, a = _sums(u, v)
-        dd += d
-        aa += a
+    """(||y - x||^2, ||x||^2)."""
+    dd, aa, _bb, _ab = sums(repo, x, y, fast=True, cosine=False)
     return dd, aa
 
 

@@ -13,6 +13,7 @@ for the objects it keeps alive (:func:`roots`) without knowing its tables.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -54,22 +55,17 @@ class Journal:
             self.db.close()
 
     # -- writing --------------------------------------------------------------------------------
-    def update(self, branch: str, base: str, clear: Iterable[str], rows: dict[str, dict],
-               durable: bool = False) -> None:
-        """Delete the rows at (and below) each path of ``clear``, then write ``rows``."""
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool):
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock, ``synchronous=FULL`` when
+        ``durable``; rolled back if anything inside fails."""
         with self.lock:
             if durable:
                 self.db.execute("PRAGMA synchronous=FULL")
             try:
                 cur = self.db.cursor()
                 cur.execute("BEGIN IMMEDIATE")
-                cur.execute("INSERT OR REPLACE INTO base VALUES (?, ?)", (branch, base))
-                for p in clear:   # two statements: an OR here would scan the whole table
-                    cur.execute("DELETE FROM rows WHERE branch = ? AND path = ?", (branch, p))
-                    cur.execute("DELETE FROM rows WHERE branch = ? AND path >= ? AND path < ?",
-                                (branch, p + "/", p + "0"))
-                cur.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)",
-                                [(branch, p, json.dumps(r)) for p, r in rows.items()])
+                yield cur
                 cur.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -78,26 +74,28 @@ class Journal:
                 if durable:
                     self._normal()
 
+    def update(self, branch: str, base: str, clear: Iterable[str], rows: dict[str, dict],
+               durable: bool = False) -> None:
+        """Delete the rows at (and below) each path of ``clear``, then write ``rows``."""
+        with self._transaction(durable) as cur:
+            cur.execute("INSERT OR REPLACE INTO base VALUES (?, ?)", (branch, base))
+            for p in clear:   # two statements: an OR here would scan the whole table
+                cur.execute("DELETE FROM rows WHERE branch = ? AND path = ?", (branch, p))
+                cur.execute("DELETE FROM rows WHERE branch = ? AND path >= ? AND path < ?",
+                            (branch, p + "/", p + "0"))
+            cur.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)",
+                            [(branch, p, json.dumps(r)) for p, r in rows.items()])
+
     def replace(self, branch: str, base: Optional[str], rows: dict[str, dict]) -> None:
         """All rows of ``branch`` at once (after a commit); base None forgets the branch."""
-        with self.lock:
-            self.db.execute("PRAGMA synchronous=FULL")
-            try:
-                cur = self.db.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                cur.execute("DELETE FROM rows WHERE branch = ?", (branch,))
-                if base is None:
-                    cur.execute("DELETE FROM base WHERE branch = ?", (branch,))
-                else:
-                    cur.execute("INSERT OR REPLACE INTO base VALUES (?, ?)", (branch, base))
-                    cur.executemany("INSERT INTO rows VALUES (?, ?, ?)",
-                                    [(branch, p, json.dumps(r)) for p, r in rows.items()])
-                cur.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            finally:
-                self._normal()
+        with self._transaction(durable=True) as cur:
+            cur.execute("DELETE FROM rows WHERE branch = ?", (branch,))
+            if base is None:
+                cur.execute("DELETE FROM base WHERE branch = ?", (branch,))
+            else:
+                cur.execute("INSERT OR REPLACE INTO base VALUES (?, ?)", (branch, base))
+                cur.executemany("INSERT INTO rows VALUES (?, ?, ?)",
+                                [(branch, p, json.dumps(r)) for p, r in rows.items()])
 
     def _rollback(self) -> None:
         if self.db.in_transaction:

@@ -54,6 +54,10 @@ def test_cli_commit_log_show_and_tag_by_a_metric(fresh, work):
     assert "eval_loss=0.4" in out                                # NaN never wins
     with corafs.Repository(str(repo)) as r:
         assert r.commit_obj(r.tags()["best"]).meta["step"] == 100
+    assert run_cli("tag", repo, "best", "main~3", check=False).returncode != 0   # exists
+    run_cli("tag", repo, "best", "main~3", "-f")               # moved in one step
+    with corafs.Repository(str(repo)) as r:
+        assert r.tags()["best"] == r.resolve("main~3") and len(r.reflog("tags/best")) == 2
     p = run_cli("tag", repo, "worst", "main", "--by", "eval_loss:max").stdout
     assert "eval_loss=0.9" in p
     bad = run_cli("tag", repo, "x", "main", "--by", "missing:min", check=False)

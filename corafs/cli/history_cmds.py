@@ -295,9 +295,7 @@ def cmd_tag(a):
                 key = commitmeta.parse_by(a.by)[0]
                 print(f"{a.by}: {rev[:12]} ({key}={_val(repo.commit_obj(rev).meta[key])}, "
                       f"of {len(commits)} commits)")
-            if a.force and a.name in repo.tags():
-                repo.delete_tag(a.name)
-            cid = repo.create_tag(a.name, rev, a.message)
+            cid = repo.create_tag(a.name, rev, a.message, force=a.force)
             print(f"tagged {cid[:12]} as {a.name}")
         else:
             for name, cid in sorted(repo.tags().items()):

@@ -145,16 +145,20 @@ def reflog_roots(repo, now_ns: Optional[int] = None,
     return out
 
 
-def create_tag(repo, name: str, rev: Optional[str] = None, message: str = "") -> str:
+def create_tag(repo, name: str, rev: Optional[str] = None, message: str = "",
+               force: bool = False) -> str:
+    """Tag ``rev``; with ``force`` an existing tag is moved in one compare-and-swap (the
+    reflog keeps where it was)."""
     revparse.check_ref_name(name, "tag")
     cid = repo.resolve(rev or repo.default_branch)
+    old = repo.store.get_ref(f"tags/{name}") if force else None
     with repo.store.claim():             # until the ref holds the tag object
         with repo.store.writer() as w:
             oid = repo.put_meta(w, {"type": "tag", "name": name, "commit": cid,
                                     "message": message, "tagger": repo.default_author(),
                                     "time_ns": time.time_ns()})
         try:
-            repo._move_ref(f"tags/{name}", None, oid, f"tag: {rev or repo.default_branch}")
+            repo._move_ref(f"tags/{name}", old, oid, f"tag: {rev or repo.default_branch}")
         except RefConflict:
             raise RefExists(f"tag {name}") from None
     return cid

@@ -269,8 +269,9 @@ class Repository:
         ``reflog_expire_days`` of corafs.json, 90) keep alive: gc must not remove them."""
         return refs.reflog_roots(self, now_ns, expire_days)
 
-    def create_tag(self, name: str, rev: Optional[str] = None, message: str = "") -> str:
-        return refs.create_tag(self, name, rev, message)
+    def create_tag(self, name: str, rev: Optional[str] = None, message: str = "",
+                   force: bool = False) -> str:
+        return refs.create_tag(self, name, rev, message, force)
 
     def delete_tag(self, name: str) -> None:
         return refs.delete_tag(self, name)

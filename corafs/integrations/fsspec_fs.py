@@ -248,8 +248,7 @@ class CorafsFileSystem(AbstractFileSystem):
 
     # -- writing ----------------------------------------------------------------------------------
     def _commit(self, branch: str, files: dict, deletes: list) -> Optional[str]:
-        msg = self.message
-        return self.repo.commit(branch, files, deletes=deletes, message=msg,
+        return self.repo.commit(branch, files, deletes=deletes, message=self.message,
                                 author=self.author).commit
 
     def _rm(self, path):

@@ -72,9 +72,7 @@ class LightningCallback(_LBase):
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         cid = self.commits.get(os.path.abspath(best)) if best else None
         if cid:
-            if self.best_tag in self.repo.tags():
-                self.repo.delete_tag(self.best_tag)
-            self.repo.create_tag(self.best_tag, cid,
+            self.repo.create_tag(self.best_tag, cid, force=True,
                                  message=f"best checkpoint ({os.path.basename(best)}, "
                                          f"{getattr(ckpt, 'monitor', None)}="
                                          f"{_number(getattr(ckpt, 'best_model_score', None))})")

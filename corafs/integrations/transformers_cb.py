@@ -59,8 +59,6 @@ class TrainerCallback(_Base):
         if best and getattr(state, "is_world_process_zero", True):
             cid = self.commits.get(os.path.abspath(best))
             if cid:
-                if self.best_tag in self.repo.tags():
-                    self.repo.delete_tag(self.best_tag)
-                self.repo.create_tag(self.best_tag, cid,
+                self.repo.create_tag(self.best_tag, cid, force=True,
                                      message=f"best checkpoint ({os.path.basename(best)})")
         return control

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Optional
 
-from ..core import tree as treemod
+from ..core import commitmeta, tree as treemod
 from ..core.writes import describe_changes
 from ..errors import IngestCancelled
 from ..store.fsutil import fsync_path as _fsync_path
@@ -196,7 +196,6 @@ class CommitsMixin:
         """Metadata for the next commit of ``branch`` (``setfattr -n user.corafs.meta.loss
         -v 0.12 MNT/main``): it rides on the next commit that has changes, and is kept in
         memory until then (an unmount with nothing to commit drops it)."""
-        from ..core import commitmeta
         pending = dict(self.pending_meta.get(branch, {}))
         pending[key] = value
         self.pending_meta[branch] = commitmeta.check(pending)

@@ -17,7 +17,9 @@ import os
 import time
 from typing import Optional
 
+from ..core import commitmeta
 from ..core.reader import FileReader, ReadAhead
+from ..errors import CorafsError
 
 ROOT_INODE = 1
 #: what a read-only tree answers to ``setxattr``/``removexattr``
@@ -112,8 +114,6 @@ class OpenFiles:
         if not name.startswith(self.META) or n.kind != "dir" or \
                 self.staging.forest.path(n) != "":
             raise _err(errno.ENOTSUP)
-        from ..core import commitmeta
-        from ..errors import CorafsError
         try:
             self.staging.set_meta(n.branch, name[len(self.META):],
                                   commitmeta.parse_value(value.decode()))

@@ -66,6 +66,12 @@ class Staged:
         return self.synced if isinstance(self.synced, dict) else None
 
     @property
+    def stored_entry(self) -> Optional[dict]:
+        """The stored entry of the content as it is now: the ingested one, else the last
+        fsync's (nothing written since), else None (not stored yet)."""
+        return self.entry if self.state == INGESTED else self.synced_entry
+
+    @property
     def busy(self) -> bool:
         """Not committable yet, but will be: it must hold back the branch's commit."""
         return self.state in (OPEN, CLOSED, DURABLE)
@@ -147,15 +153,9 @@ class LiveNode:
         if self.kind == "link":
             e = {"kind": "link", "target": os.fsdecode(self.target)}
         elif self.kind == "file":
-            if self.staged is not None:
-                if self.staged.state == INGESTED:
-                    src = self.staged.entry
-                elif self.staged.synced_entry is not None:
-                    src = self.staged.synced_entry
-                else:
-                    return None
-            else:
-                src = self.entry
+            src = self.entry if self.staged is None else self.staged.stored_entry
+            if src is None:
+                return None
             e = {k: v for k, v in src.items() if k not in ("mode", "mtime_ns")}
             if self.perm != DEFAULT_FILE_PERM:
                 e["mode"] = self.perm
@@ -395,8 +395,10 @@ class Forest:
             if nw != o:
                 self._replace(d, name, nw, mtime)         # changed elsewhere
             elif c.staged is not None and c.staged.writers == 0:
-                s, c.staged = c.staged, None              # committed now: same inode
-                c.entry = {k: v for k, v in s.entry.items()}
+                # committed now (ingested, or as of an fsync with nothing written since, the
+                # file closed meanwhile): the same inode, its spool no longer needed
+                s, c.staged = c.staged, None
+                c.entry = dict(s.stored_entry)
                 self.on_committed(c, s)
         d.base = dict(new)
         d.origin = new_id or EMPTY_TREE

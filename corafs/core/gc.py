@@ -375,6 +375,7 @@ def _repack_remote(repo, collect, grace, dry_run, expire_reflog, on_progress,
                 _copy(repo, late, progress, rank, gc_lock=False)
             store.remove_packs(doomed)
             store.remove_gc_record(r["key"])
+    store.sweep_refs()
     store.rescan()
     rep.packs_after = len(store.packs())
     rep.bytes_after = store.stored_bytes()

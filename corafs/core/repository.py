@@ -31,7 +31,9 @@ from .reader import BlockCache, Decoder, FileReader
 from .simindex import SimIndex
 
 CONFIG = stores.CONFIG
-FORMAT = 1
+#: repository formats this version reads: 1, and 2 (S3: refs, config and leases as
+#: generations created if absent; stores say which they write, ``ObjectStore.layout_format``)
+FORMATS = (1, 2)
 _log = logging.getLogger("corafs.repository")
 state_dir = stores.state_dir
 
@@ -43,7 +45,7 @@ def _parse_config(spec: str, raw: Optional[bytes]) -> dict:
         cfg = json.loads(raw)
     except ValueError as e:
         raise NotARepository(f"{spec} ({CONFIG}: {e})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+    if not isinstance(cfg, dict) or cfg.get("format") not in FORMATS:
         fmt = cfg.get("format") if isinstance(cfg, dict) else None
         raise NotARepository(f"{spec} (unsupported format {fmt})")
     return cfg
@@ -90,8 +92,9 @@ class Repository:
         """A new repository; ``initial_commit=False`` leaves it without branches (a push or a
         clone fills it)."""
         revparse.check_ref_name(default_branch)
-        cfg = {"format": FORMAT, "default_branch": default_branch, "author": author}
         store = stores.create_store(path, tuning)
+        cfg = {"format": store.layout_format, "default_branch": default_branch,
+               "author": author}
         if not store.create_config(json.dumps(cfg, indent=2).encode()):
             store.close()
             raise RepositoryExists(path)

@@ -64,6 +64,9 @@ class ObjectStore(abc.ABC):
     state_dir: str
 
     # -- the repository's config ------------------------------------------------------------
+    #: the repository format a new repository in this store is written with
+    layout_format = 1
+
     @abc.abstractmethod
     def get_config(self) -> Optional[bytes]:
         """The config's bytes, or None when there is none."""
@@ -119,6 +122,10 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def list_refs(self, prefix: str = "") -> dict[str, str]: ...
+
+    def sweep_refs(self) -> int:
+        """Delete superseded records of ref moves, where the store keeps them (gc); how many."""
+        return 0
 
     def append_reflog(self, ref: str, line: str) -> None:
         """Record one move of ``ref`` (a JSON line); stores without a reflog ignore it."""

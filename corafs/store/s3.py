@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import json
 import os
 import tempfile
@@ -49,11 +50,13 @@ from ..errors import MissingObject, RefConflict
 from .base import ObjectStore, ObjectWriter
 from .batch import PackBatch
 from .diskcache import DiskCache
-from . import s3lease
+from . import s3lease, s3probe
 from .packindex import IDX_DTYPE as _IDX_DTYPE, PackIndex
+from .s3refs import Registers
 from .s3client import (S3Bucket, S3Error, describe, local_dir, lost_race, make_client, parse_url)
 
 _MiB = 1 << 20
+_log = logging.getLogger("corafs.s3")
 
 
 class _SpoolPack:
@@ -127,43 +130,121 @@ class S3Store(PackIndex, ObjectStore):
         self.disk = DiskCache(os.path.join(self.state_dir, "objects"))
         self._inflight: dict[str, threading.Event] = {}
         self._doomed: set[str] = set()
+        self.regs = Registers(self.remote)
+        #: the repository's format as its config says (1: refs not migrated to generations)
+        self._format: Optional[int] = None
         self._scan()
 
-    # -- config -------------------------------------------------------------------------------
+    # -- config ---------------------------------------------------------------------------------
+    #: the repository format this store writes: 2, refs as generation registers (format 1 kept
+    #: refs as single objects moved with If-Match; such repositories migrate on first write)
+    layout_format = 2
+
     def get_config(self) -> Optional[bytes]:
-        got = self.remote.get("corafs.json")
-        return got[0] if got else None
+        """The newest generation of ``config/``, else ``corafs.json`` (the one written at init)."""
+        _n, body, _g = self.regs.read("config")
+        if body is None:
+            got = self.remote.get("corafs.json")
+            body = got[0] if got else None
+        if body is not None:
+            try:
+                self._format = json.loads(body).get("format")
+            except (ValueError, AttributeError):
+                pass
+        return body
 
     def create_config(self, data: bytes) -> bool:
         """Write the config unless one exists; False when it does."""
         try:
             self.remote.put("corafs.json", data, IfNoneMatch="*")
-            return True
         except Exception as e:
             if lost_race(e):
                 return False
             raise describe(e, self.bucket, self.remote.key("corafs.json")) from None
+        self._format = self.layout_format
+        return True
 
     def update_config(self, change) -> dict:
-        """Replace the config with ``change(config)`` (a dict), and return it. Written with
-        If-Match on the ETag read, so a concurrent change on another machine is read again and
-        applied to, never overwritten."""
-        for _ in range(8):
-            got = self.remote.get("corafs.json")
-            if got is None:
-                raise S3Error(f"s3://{self.bucket}/{self.remote.key('corafs.json')} is missing")
-            cfg = change(json.loads(got[0]))
-            try:
-                self.remote.put("corafs.json", json.dumps(cfg, indent=2).encode(), IfMatch=got[1])
+        """Write ``change(config)`` as the config's next generation and return it; a
+        concurrent change on another machine is read again and applied to, never
+        overwritten."""
+        self._upgrade()
+        for _ in range(16):
+            n, body, gens = self.regs.read("config")
+            if body is None:
+                got = self.remote.get("corafs.json")
+                if got is None:
+                    raise S3Error(f"s3://{self.bucket}/{self.remote.key('corafs.json')} is "
+                                  "missing")
+                body = got[0]
+            cfg = change(json.loads(body))
+            if self.regs.write("config", n, json.dumps(cfg, indent=2).encode(), gens):
                 return cfg
+        raise S3Error(f"s3://{self.bucket}/{self.remote.key('config')} kept changing under "
+                      "this update: try again")
+
+    def _upgrade(self) -> None:
+        """Move a format-1 repository (refs as objects moved with If-Match) to generation
+        registers, before this process's first write. ``corafs.json`` says format 2 first (a
+        client that predates generations refuses it from then on); then each old ref becomes
+        generation 1 of its register and its object is deleted, with If-Match on the ETag read,
+        so a move an older client made meanwhile is carried over, not lost. Format-1
+        repositories were only ever created on services that honour If-Match."""
+        if self._format != 1:
+            return
+        with self._lock:
+            if self._format != 1:
+                return
+            for _ in range(16):
+                got = self.remote.get("corafs.json")
+                cfg = json.loads(got[0])
+                if cfg.get("format") != 1:
+                    break
+                cfg["format"] = self.layout_format
+                try:
+                    self.remote.put("corafs.json", json.dumps(cfg, indent=2).encode(),
+                                    IfMatch=got[1])
+                    break
+                except Exception as e:
+                    if not lost_race(e):
+                        raise
+            regs, plain = self.regs.scan("refs/")
+            for rel in plain:
+                self._migrate_ref(rel)
+            _regs, old_locks = self.regs.scan("locks/")
+            for rel in old_locks:
+                self.remote.delete(rel)
+            self._format = self.layout_format
+
+    def _migrate_ref(self, rel: str) -> None:
+        """One format-1 ref object -> generation 1 of its register, then the object deleted
+        with If-Match; a move an older client made after it was read is carried over as the
+        next generation (or, if a newer client wrote meanwhile, left in the reflog, warned)."""
+        seen = None
+        while True:
+            got = self.remote.get(rel)
+            if got is None:
+                return
+            n, body, gens = self.regs.read(rel)
+            if n == 0:
+                self.regs.write(rel, 0, got[0])     # lost: another machine migrated it
+            elif body != got[0] and body == seen:
+                self.regs.write(rel, n, got[0], gens)
+            elif body != got[0]:
+                _log.warning("%s: an older corafs client moved it to %s after newer writes; "
+                             "that commit stays in the reflog", rel, got[0].decode().strip())
+            seen = got[0]
+            try:
+                self.remote.delete(rel, IfMatch=got[1])
+                return
             except Exception as e:
                 if not lost_race(e):
                     raise
-        raise S3Error(f"s3://{self.bucket}/{self.remote.key('corafs.json')} kept changing under "
-                      "this update: try again")
 
-    def check_conditional_writes(self) -> None:
-        self.remote.check_conditional_writes()
+    def check_conditional_writes(self) -> "s3probe.Report":
+        """Prove that the service lets exactly one of several racing writers create a key;
+        refuse it (``CorafsError`` naming what is missing) otherwise."""
+        return s3probe.require(self.remote)
 
     # -- index ----------------------------------------------------------------------------------
     def _scan(self) -> None:
@@ -203,7 +284,7 @@ class S3Store(PackIndex, ObjectStore):
     # -- a lease across machines ---------------------------------------------------------------
     def lease(self, name: str, blocking: bool = True, ttl: float = 300.0):
         """Hold ``locks/<name>`` across machines (``corafs.store.s3lease``)."""
-        return s3lease.lease(self.remote, name, blocking, ttl)
+        return s3lease.lease(self.regs, name, blocking, ttl)
 
     # -- gc support ---------------------------------------------------------------------------
     def _read_doomed(self) -> set[str]:
@@ -421,42 +502,52 @@ class S3Store(PackIndex, ObjectStore):
         return sum(self._packs.values())
 
     # -- refs ---------------------------------------------------------------------------------
-    def _ref_get(self, name: str) -> tuple[Optional[str], Optional[str]]:
-        got = self.remote.get(f"refs/{name}")
-        if got is None:
-            return None, None
-        return got[0].decode().strip() or None, got[1]
+    def _ref_read(self, name: str) -> tuple[int, Optional[str], list[int]]:
+        """(generation, value, generations listed) of ``refs/<name>``; a ref of format 1 (a
+        plain object, not migrated yet) reads as generation 0."""
+        base = f"refs/{name}"
+        n, body, gens = self.regs.read(base)
+        if n == 0:
+            got = self.remote.get(base)
+            body = got[0] if got else None
+        value = body.decode().strip() if body is not None else ""
+        return n, value or None, gens
 
     def get_ref(self, name: str) -> Optional[str]:
-        return self._ref_get(name)[0]
+        return self._ref_read(name)[1]
 
     def cas_ref(self, name: str, expected: Optional[str], new: Optional[str]) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-        current, etag = self._ref_get(name)
+        """Create the ref's next generation (a tombstone deletes) if the newest holds
+        ``expected``: one request that only succeeds if no other writer created it first."""
+        self._upgrade()
+        n, current, gens = self._ref_read(name)
         if current != expected:
             raise RefConflict(name, expected, current)
-        rel = f"refs/{name}"
-        try:
-            if new is None:
-                if etag is not None:
-                    self.remote.delete(rel, IfMatch=etag)
-            elif etag is None:
-                self.remote.put(rel, new.encode() + b"\n", IfNoneMatch="*")
-            else:
-                self.remote.put(rel, new.encode() + b"\n", IfMatch=etag)
-        except (ClientError, BotoCoreError) as e:
-            if lost_race(e):
-                raise RefConflict(name, expected, self.get_ref(name)) from None
-            raise describe(e, self.bucket, self.remote.key(rel)) from None
+        if current is None and new is None:
+            return
+        body = new.encode() + b"\n" if new is not None else b""
+        if not self.regs.write(f"refs/{name}", n, body, gens):
+            raise RefConflict(name, expected, self.get_ref(name))
 
     def list_refs(self, prefix: str = "") -> dict[str, str]:
+        regs, plain = self.regs.scan(f"refs/{prefix}")
         out = {}
-        for rel, _n in self.remote.list(f"refs/{prefix}"):
-            name = rel[len("refs/"):]
-            v = self.get_ref(name)
-            if v:
-                out[name] = v
+        for base, gens in regs.items():
+            body = self.regs.body(base, gens[-1])
+            value = (body.decode().strip() if body is not None
+                     else self._ref_read(base[len("refs/"):])[1])
+            if value:
+                out[base[len("refs/"):]] = value
+        for rel in plain:               # format 1 refs not migrated yet
+            if rel not in regs:
+                value = self._ref_read(rel[len("refs/"):])[1]
+                if value:
+                    out[rel[len("refs/"):]] = value
         return out
+
+    def sweep_refs(self) -> int:
+        """Delete superseded generations of refs, config and leases (gc)."""
+        return sum(self.regs.sweep(p) for p in ("refs/", "config/", "locks/"))
 
     def append_reflog(self, ref: str, line: str) -> None:
         self.remote.put(f"reflog/{ref}/{time.time_ns():016x}-{uuid.uuid4().hex[:8]}",

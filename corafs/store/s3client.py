@@ -1,12 +1,11 @@
 """The S3 side of ``S3Store``: URLs, the boto3 client (retries, Retry-After), and
 :class:`S3Bucket`: the requests corafs makes under one ``s3://bucket/prefix`` (put with
 conditions, get, ranged get, list, upload, delete) with errors that name the key and the
-service's code only, and the probe of conditional writes made at ``init``.
+service's code only.
 """
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
@@ -43,6 +42,10 @@ def local_dir(url: str) -> str:
 class S3Error(CorafsError):
     """A request the service refused for good (after retries): names the key and the code."""
 
+    def __init__(self, message: str, code: str = ""):
+        super().__init__(message)
+        self.code = code
+
 
 _ATTEMPTS = 10
 
@@ -55,6 +58,9 @@ def make_client():
         retries={"mode": "standard", "max_attempts": _ATTEMPTS},
         max_pool_connections=32, connect_timeout=10, read_timeout=60))
     client.meta.events.register_first("needs-retry.s3", _retry_after)
+    from . import s3probe
+    if s3probe.uses_gcs_preconditions(client.meta.endpoint_url):
+        client.meta.events.register("before-sign.s3.PutObject", s3probe.gcs_preconditions)
     return client
 
 
@@ -77,6 +83,8 @@ def _retry_after(response=None, attempts=None, **_kw):
 
 
 def _code(e) -> str:
+    if isinstance(e, S3Error) and e.code:
+        return e.code
     r = getattr(e, "response", None) or {}
     return str(r.get("Error", {}).get("Code") or r.get("ResponseMetadata", {}).get(
         "HTTPStatusCode") or type(e).__name__)
@@ -91,7 +99,7 @@ def lost_race(e) -> bool:
 
 
 def describe(e, bucket: str, key: str) -> S3Error:
-    return S3Error(f"S3 request for s3://{bucket}/{key} failed: {_code(e)}")
+    return S3Error(f"S3 request for s3://{bucket}/{key} failed: {_code(e)}", _code(e))
 
 
 class S3Bucket:
@@ -166,45 +174,3 @@ class S3Bucket:
 
     def delete(self, rel: str, **cond) -> None:
         self._conditional(self.client.delete_object, rel, **cond)
-
-    def check_conditional_writes(self) -> None:
-        """Two writers racing to create one key, and a move with a stale ETag: the service
-        must refuse the loser each time, or concurrent commits could silently be lost."""
-        rel = f"probe/cas-{uuid.uuid4().hex}"
-        missing = []
-
-        def refused(**cond) -> bool:
-            try:
-                self.put(rel, b"x", **cond)
-                return False
-            except Exception as e:
-                if not lost_race(e):
-                    raise
-                return True
-        try:
-            first = self.put(rel, b"a", IfNoneMatch="*")
-            if not refused(IfNoneMatch="*"):
-                missing.append("If-None-Match (create only if absent)")
-            if not refused(IfMatch='"0123456789abcdef0123456789abcdef"'):
-                missing.append("If-Match (replace only an expected version)")
-            if not missing:
-                try:                # deleting a branch is a conditional delete too
-                    self.client.delete_object(Bucket=self.bucket, Key=self.key(rel),
-                                          IfMatch='"0123456789abcdef0123456789abcdef"')
-                    missing.append("If-Match on DELETE (delete only an expected version)")
-                except Exception as e:
-                    if not lost_race(e):
-                        raise
-            if not missing:
-                self.put(rel, b"d", IfMatch=first["ETag"])     # the right ETag must pass
-        finally:
-            try:
-                self.client.delete_object(Bucket=self.bucket, Key=self.key(rel))
-            except Exception:
-                pass
-        if missing:
-            raise CorafsError(
-                f"s3://{self.bucket}: this service does not honour conditional writes "
-                f"({'; '.join(missing)}). corafs moves refs by compare-and-swap and refuses "
-                "a store where two writers could both win; use a service that implements "
-                "them (AWS S3, MinIO, Ceph RGW 18+, R2)")

@@ -12,15 +12,23 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 # gcc builds corafs's compiled kernels (and pyfuse3); libfuse3-dev and pkg-config pyfuse3;
-# TEST_TOOLS=1 (make test) adds the headless browser the report tests open the page in
+# TEST_TOOLS=1 (make test) adds the headless browser the report tests open the page in, and
+# Ceph's radosgw with the monitor and OSD it needs (the second real S3 implementation the S3
+# tests start on loopback; about 60 MB, without recommended packages)
 APT_PACKAGES="fuse3 libfuse3-dev pkg-config rsync sqlite3 gcc"
+CEPH_PACKAGES=""
 if [ "${TEST_TOOLS:-0}" = 1 ]; then
   APT_PACKAGES="$APT_PACKAGES chromium-headless-shell"
+  CEPH_PACKAGES="ceph-mon ceph-osd radosgw ceph-common"
 fi
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
+  if ! dpkg -s $APT_PACKAGES $CEPH_PACKAGES >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
+    if [ -n "$CEPH_PACKAGES" ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        $CEPH_PACKAGES >/dev/null
+    fi
   fi
 fi
 

@@ -59,6 +59,8 @@ def _machine(srv, tmp_path, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     import boto3
+    # boto3's default session keeps the credentials it first resolved: start over
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     bucket = f"b{os.urandom(6).hex()}"
     boto3.client("s3", endpoint_url=srv.url).create_bucket(Bucket=bucket)
     return env, f"s3://{bucket}/repo"
@@ -632,3 +634,151 @@ def test_settings_live_in_the_bucket_and_no_change_is_lost(s3env, tmp_path):
     assert cli(other, "config", url, "head_codec").stdout.strip() == "planes-zstd"
     with Repository(url) as r:
         assert (r.tuning.max_delta_depth, r.tuning.head_codec) == (3, "planes-zstd")
+
+
+def _keys(env, url, rel_prefix):
+    import boto3
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    c = boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"])
+    return [o["Key"][len(prefix) + 1:] for page in c.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{prefix}/{rel_prefix}") for o in page.get("Contents", [])]
+
+
+@pytest.mark.smoke
+def test_doctor_reports_what_each_service_does_and_what_corafs_uses(s3env, server):
+    import re
+    env, url = s3env
+    out = cli(env, "doctor", url).stdout
+    assert re.search(r"PUT If-None-Match: \*\s+atomic\s+used by corafs: 8 writers racing to "
+                     r"create one key, 3 rounds: winners 1/1/1", out), out
+    assert "none yet at this prefix" in out and "this service is usable" in out
+    if server.kind == "ceph":           # Ceph RGW 16: what made corafs refuse it before
+        assert re.search(r"PUT If-Match\s+refuses the right ETag\s+not used", out), out
+        assert re.search(r"DELETE If-Match\s+ignored\s+not used", out), out
+    else:
+        assert re.search(r"PUT If-Match\s+honoured\s+not used", out), out
+        assert re.search(r"DELETE If-Match\s+honoured\s+not used", out), out
+    assert not _keys(env, url, "probe/")                    # the probe cleans up after itself
+    cli(env, "init", url)                                   # ... and init accepts the service
+    assert "repository: format 2 (1 branch(es), 0 tag(s))" in cli(env, "doctor", url).stdout
+
+
+def test_branches_created_moved_deleted_and_recreated_by_racing_processes(s3env, work,
+                                                                          tmp_path):
+    """Two processes take turns on one branch with nothing but its refs between them: each
+    creates it (only if absent), commits to it, deletes it, four times. Every step is a
+    compare-and-swap, so a process that finishes proves none of its steps was overtaken."""
+    env, url = s3env
+    cli(env, "init", url)
+    script = (
+        "import sys, json, time\n"
+        "from corafs import Repository\n"
+        "from corafs.errors import RefExists\n"
+        "r = Repository(sys.argv[1]); me, path = sys.argv[2], sys.argv[3]\n"
+        "done = []\n"
+        "while len(done) < 4:\n"
+        "    try:\n"
+        "        r.create_branch('exp', 'main')\n"
+        "    except RefExists:\n"
+        "        time.sleep(0.01); continue\n"
+        "    open(path, 'w').write(f'{me} round {len(done)}\\n')\n"
+        "    done.append(r.commit('exp', {'owner.txt': path}, message=f'{me} {len(done)}').commit)\n"
+        "    r.delete_branch('exp')\n"
+        "r.close(); print(json.dumps(done))\n")
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", script, url, f"p{m}", str(work / f"p{m}.txt")],
+        env={**os.environ, **env, "CORAFS_CACHE_DIR": str(tmp_path / f"cache-p{m}")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in range(2)]
+    made = {}
+    for m, p in enumerate(procs):
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        made[f"p{m}"] = json.loads(out)
+    from corafs import Repository
+    with Repository(url) as r:
+        main = r.head("main")
+        assert "exp" not in r.branches()
+        log = r.reflog("exp")
+        deleted = {e["old"] for e in log if e["action"] == "branch: deleted"}
+        for me, cids in made.items():
+            for i, cid in enumerate(cids):
+                c = r.commit_obj(cid)
+                assert list(c.parents) == [main]                 # nobody else's commit beneath
+                assert r.read_file(f"{cid}:owner.txt") == f"{me} round {i}\n".encode()
+                assert cid in deleted                        # deleted by its own process
+        assert len(deleted) == 8
+        newest = r.undelete_branch("exp")                  # and it comes back from the reflog
+        assert newest in deleted
+    # superseded generations: writers delete them as they go, gc sweeps what is left
+    assert len([k for k in _keys(env, url, "refs/heads/exp/")]) <= 3
+    cli(env, "gc", url)
+    gens = _keys(env, url, "refs/heads/exp/")
+    assert len(gens) <= 2
+    assert "consistent" in cli(env, "fsck", url).stdout
+
+
+def test_a_format_1_repository_is_read_and_migrates_on_its_first_write(moto_env, work,
+                                                                       tmp_path):
+    """Refs as single objects moved with If-Match (corafs before generations): read as they
+    are; the first write says format 2 in corafs.json and turns each ref into generation 1.
+    (moto only: format 1 was never accepted on Ceph RGW 16, whose If-Match refuses its ETag.)"""
+    import boto3
+    env, url = moto_env
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    c = boto3.client("s3", endpoint_url=env["CORAFS_S3_ENDPOINT_URL"])
+    cli(env, "init", url)
+    p = work / "model.safetensors"
+    _model(p, 1)
+    cli(env, "commit", url, p, "-m", "one")
+    cli(env, "tag", url, "v1")
+    from corafs import Repository
+    with Repository(url) as r:
+        refs = r.store.list_refs()
+    # what corafs before generation refs left in a bucket
+    for rel in _keys(env, url, "refs/") + _keys(env, url, "config/") + _keys(env, url, "locks/"):
+        c.delete_object(Bucket=bucket, Key=f"{prefix}/{rel}")
+    for name, oid in refs.items():
+        c.put_object(Bucket=bucket, Key=f"{prefix}/refs/{name}", Body=oid.encode() + b"\n")
+    cfg = json.loads(c.get_object(Bucket=bucket, Key=f"{prefix}/corafs.json")["Body"].read())
+    cfg["format"] = 1
+    c.put_object(Bucket=bucket, Key=f"{prefix}/corafs.json", Body=json.dumps(cfg).encode())
+
+    assert "repository: format 1 (1 branch(es))" in cli(env, "doctor", url).stdout
+    out = tmp_path / "out"
+    cli(env, "export", url, "v1:model.safetensors", out)           # read as it is
+    assert sha256_file(out) == sha256_file(p)
+    assert _keys(env, url, "refs/") == sorted(f"refs/{n}" for n in refs)   # nothing written
+    _model(p, 2)
+    cli(env, "commit", url, p, "-m", "two")                        # the first write migrates
+    cfg = json.loads(c.get_object(Bucket=bucket, Key=f"{prefix}/corafs.json")["Body"].read())
+    assert cfg["format"] == 2
+    keys = _keys(env, url, "refs/")
+    assert not [k for k in keys if k.count("/") == 2]              # no single-object refs left
+    assert {k.rsplit("/", 1)[0] for k in keys} == {f"refs/{n}" for n in refs}
+    with Repository(url) as r:
+        assert r.reflog("main")[0]["old"] == refs["heads/main"]
+        assert r.read_file("main~1:model.safetensors") == out.read_bytes()
+        assert r.tags() == {"v1": refs["heads/main"]}
+    assert "consistent" in cli(env, "fsck", url).stdout
+
+
+def test_gcs_create_if_absent_is_a_generation_precondition(moto_env):
+    """On Google Cloud Storage's XML API create-if-absent is ``x-goog-if-generation-match: 0``
+    (If-None-Match only applies to reads there): the client rewrites the header before signing.
+    There is no GCS here; moto_server does not know that header, so with the rewrite forced on,
+    what reaches it is an unconditional PUT, and the probe must see every writer win."""
+    from botocore.awsrequest import AWSRequest
+    from corafs.store.s3probe import gcs_preconditions, uses_gcs_preconditions
+    assert uses_gcs_preconditions("https://storage.googleapis.com")
+    assert not uses_gcs_preconditions("http://127.0.0.1:9000")
+    req = AWSRequest("PUT", "https://storage.googleapis.com/b/k", data=b"x",
+                     headers={"If-None-Match": "*"})
+    gcs_preconditions(req)
+    assert "If-None-Match" not in req.headers
+    assert req.headers["x-goog-if-generation-match"] == "0"
+    env, url = moto_env
+    p = cli({**env, "CORAFS_S3_PRECONDITIONS": "gcs"}, "init", url, check=False)
+    assert p.returncode != 0
+    assert "PUT x-goog-if-generation-match: 0 ignored" in p.stderr, p.stderr
+    assert "winners 8/8/8" in p.stderr
+    assert cli(env, "init", url).returncode == 0                 # the same service, as S3

@@ -1,4 +1,5 @@
-"""``corafs stats``, ``config``, ``gc``, ``repack``, ``fsck``: the repository's upkeep."""
+"""``corafs stats``, ``config``, ``gc``, ``repack``, ``fsck``, ``doctor``: the repository's
+upkeep."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,11 @@ from .common import open_repo, progress
 def add(cmd) -> None:
     sp = cmd("stats", cmd_stats, "storage accounting")
     sp.add_argument("repo")
+
+    sp = cmd("doctor", cmd_doctor, "probe the service a repository lives in (s3://...): what "
+                                   "its conditional writes do, and what corafs will use")
+    sp.add_argument("repo", help="an s3://bucket/prefix URL (a repository there or not), or "
+                                 "a local path")
 
     sp = cmd("config", cmd_config, "show or change the repository's settings (author, "
                                    "reflog expiry, delta depth, how new versions are stored)")
@@ -140,6 +146,13 @@ def _staging_garbage(repo_path: str, repair: bool, repaired: list) -> list:
                 pass
         out.append((p, n, False))
     return out
+
+
+def cmd_doctor(a):
+    from ..store import diagnose
+    text, usable = diagnose(a.repo)
+    print(text)
+    return 0 if usable else 1
 
 
 def cmd_fsck(a):

@@ -12,7 +12,7 @@ from .base import CONFIG, ObjectStore, ObjectWriter
 from .local import LocalStore
 
 __all__ = ["ObjectStore", "ObjectWriter", "LocalStore", "CONFIG", "is_remote", "location",
-           "state_dir", "open_store", "create_store", "read_config"]
+           "state_dir", "open_store", "create_store", "read_config", "diagnose"]
 
 
 def is_remote(spec: str) -> bool:
@@ -80,3 +80,41 @@ def read_config(spec: str) -> bytes:
     if raw is None:
         raise NotARepository(spec)
     return raw
+
+
+def diagnose(spec: str) -> tuple[str, bool]:
+    """What the service holding ``spec`` supports and what corafs will use there (``corafs
+    doctor``): the report, and whether corafs can keep atomic refs there. For a remote
+    repository the service's conditional writes are probed for real (racing writers, stale
+    conditions, under ``probe/`` in the bucket, deleted after)."""
+    if not is_remote(spec):
+        path = os.path.abspath(spec)
+        state = ("a repository" if os.path.isfile(os.path.join(path, CONFIG))
+                 else "no repository yet")
+        return (f"{path}: a local directory ({state}). Refs are files moved under a file lock "
+                "on this machine; there is no service to probe.", True)
+    import json
+    from .s3 import S3Store
+    from .s3probe import probe
+    store = S3Store(spec)
+    try:
+        rep = probe(store.remote)
+        lines = [rep.text(), ""]
+        raw = store.get_config()
+        if raw is None:
+            lines.append("repository: none yet at this prefix (`corafs init` creates one)")
+        else:
+            fmt = json.loads(raw).get("format")
+            refs = store.list_refs()
+            heads = sum(1 for r in refs if r.startswith("heads/"))
+            if fmt == 1:
+                lines.append(f"repository: format 1 ({heads} branch(es)): refs are single "
+                             "objects moved with If-Match; the first write by this version "
+                             "moves them to generations (format 2), after which older corafs "
+                             "versions refuse the repository")
+            else:
+                lines.append(f"repository: format {fmt} ({heads} branch(es), "
+                             f"{len(refs) - heads} tag(s)): refs as generations")
+        return "\n".join(lines), rep.usable
+    finally:
+        store.close()

@@ -208,6 +208,8 @@ class S3Store(PackIndex, ObjectStore):
                 except Exception as e:
                     if not lost_race(e):
                         raise
+            else:
+                raise self._cannot_migrate("corafs.json")
             regs, plain = self.regs.scan("refs/")
             for rel in plain:
                 self._migrate_ref(rel)
@@ -221,7 +223,7 @@ class S3Store(PackIndex, ObjectStore):
         with If-Match; a move an older client made after it was read is carried over as the
         next generation (or, if a newer client wrote meanwhile, left in the reflog, warned)."""
         seen = None
-        while True:
+        for _ in range(16):
             got = self.remote.get(rel)
             if got is None:
                 return
@@ -240,6 +242,12 @@ class S3Store(PackIndex, ObjectStore):
             except Exception as e:
                 if not lost_race(e):
                     raise
+        raise self._cannot_migrate(rel)
+
+    def _cannot_migrate(self, rel: str) -> S3Error:
+        return S3Error(f"s3://{self.bucket}/{self.remote.key(rel)}: this format-1 repository "
+                       "cannot move to generation refs: the service keeps refusing If-Match "
+                       "with the ETag it returned (`corafs doctor` shows it); it stays readable")
 
     def check_conditional_writes(self) -> "s3probe.Report":
         """Prove that the service lets exactly one of several racing writers create a key;

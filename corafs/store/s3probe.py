@@ -104,12 +104,19 @@ def _status(e) -> str:
     raise e
 
 
-def _try(call) -> str:
+def _try(call, strict: bool = True) -> str:
+    """"ok", "lost", "gone" or "unsupported"; another refusal is raised, or (``strict`` off,
+    for the features corafs does not use) returned as "error <code>"."""
     try:
         call()
         return "ok"
     except Exception as e:
-        return _status(e)
+        try:
+            return _status(e)
+        except Exception:
+            if strict:
+                raise
+            return f"error {_code(e)}"
 
 
 def probe(remote: S3Bucket) -> Report:
@@ -150,13 +157,17 @@ def probe(remote: S3Bucket) -> Report:
         # 2. If-Match on PUT: a stale ETag, the right one, a missing key
         rel = made[0]
         etag = client.head_object(Bucket=remote.bucket, Key=remote.key(rel))["ETag"]
-        stale = _try(lambda: remote.put(rel, b"s", IfMatch=_WRONG_ETAG))
-        right = _try(lambda: remote.put(rel, b"r", IfMatch=etag)) if stale != "ok" else "-"
+        stale = _try(lambda: remote.put(rel, b"s", IfMatch=_WRONG_ETAG), strict=False)
+        right = (_try(lambda: remote.put(rel, b"r", IfMatch=etag), strict=False)
+                 if stale != "ok" else "-")
         missing_rel = f"{base}/missing"
         made.append(missing_rel)
-        missing = _try(lambda: remote.put(missing_rel, b"m", IfMatch=etag))
+        missing = _try(lambda: remote.put(missing_rel, b"m", IfMatch=etag), strict=False)
+        errors = [x for x in (stale, right) if x.startswith("error")]
         if "unsupported" in (stale, right):
             res, det = "unsupported", "the service answered 501"
+        elif errors:
+            res, det = "unsupported", f"the service answered {errors[0][6:]}"
         elif stale == "ok":
             res, det = "ignored", "a stale ETag was accepted"
         elif right != "ok":
@@ -170,15 +181,16 @@ def probe(remote: S3Bucket) -> Report:
         # 3. If-Match on DELETE with a stale ETag
         rel = made[1]
         deleted = _try(lambda: client.delete_object(Bucket=remote.bucket, Key=remote.key(rel),
-                                                    IfMatch=_WRONG_ETAG))
+                                                    IfMatch=_WRONG_ETAG), strict=False)
         if deleted == "ok":
             try:
                 client.head_object(Bucket=remote.bucket, Key=remote.key(rel))
                 res, det = "ignored", "answered 204 and kept the object"
             except Exception:
                 res, det = "ignored", "deleted the object under a stale ETag"
-        elif deleted == "unsupported":
-            res, det = "unsupported", "the service answered 501"
+        elif deleted == "unsupported" or deleted.startswith("error"):
+            res, det = "unsupported", ("the service answered 501" if deleted == "unsupported"
+                                       else f"the service answered {deleted[6:]}")
         else:
             res, det = "honoured", "a stale ETag was refused"
         checks.append(Check("DELETE If-Match", res, det, res == "honoured", False))

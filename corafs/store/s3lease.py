@@ -56,7 +56,7 @@ def lease(regs: Registers, name: str, blocking: bool = True, ttl: float = 300.0)
         while not stop.wait(ttl / 3):
             try:
                 g = state["gen"]
-                if not regs.write(base, g, body(), [g - 1]):
+                if not regs.write(base, g, body()):
                     return      # taken over after it expired: the holder's work is idempotent
                 state["gen"] = g + 1
             except Exception:
@@ -70,6 +70,6 @@ def lease(regs: Registers, name: str, blocking: bool = True, ttl: float = 300.0)
         t.join()
         try:
             g = state["gen"]
-            regs.write(base, g, body(released=True), [g - 1])
+            regs.write(base, g, body(released=True))
         except Exception:
             pass                # it expires

@@ -9,8 +9,8 @@ the other is told it lost (412/409) and reads again. Nothing is ever overwritten
 deleted conditionally, which is what lets corafs run on services that ignore or refuse
 ``If-Match`` (MinIO's DELETE, Ceph RGW before 19.2.7, R2, GCS's XML API).
 
-Superseded generations are deleted by the writer that superseded them (all but the newest two
-it listed) and by gc (``sweep``); the newest generation is never deleted, tombstones included,
+Superseded generations are deleted by writers (in bursts, once a few have piled up) and by gc
+(``sweep``, all but the newest two); the newest generation is never deleted, tombstones included,
 so a writer holding a stale read can never re-create a generation that already existed.
 Generations never change, so their bodies are cached in memory once read.
 """
@@ -24,6 +24,8 @@ from .s3client import S3Bucket, S3Error, lost_race
 
 _DIGITS = 16
 _HEX = frozenset("0123456789abcdef")
+#: superseded generations a writer lets pile up before it deletes them
+TRIM_AT = 4
 #: generations whose bodies stay cached (refs are a few bytes each)
 _CACHE_ENTRIES = 4096
 
@@ -94,8 +96,10 @@ class Registers:
 
     # -- writing --------------------------------------------------------------------------
     def write(self, base: str, after: int, data: bytes, listed=()) -> bool:
-        """Create generation ``after + 1``; False when another writer created it first. The
-        generations in ``listed`` older than ``after`` are deleted once it is written."""
+        """Create generation ``after + 1``; False when another writer created it first. Once
+        ``listed`` holds ``TRIM_AT`` generations older than ``after``, they are deleted (in a
+        burst every few moves rather than one DELETE on each: a move is then a listing and
+        one PUT, as a move with If-Match was a GET and one PUT)."""
         k = key(base, after + 1)
         try:
             self.remote.put(k, data, IfNoneMatch="*")
@@ -104,7 +108,9 @@ class Registers:
                 return False
             raise
         self._remember(k, data)
-        self._delete(base, [g for g in listed if g < after])
+        stale = [g for g in listed if g < after]
+        if len(stale) >= TRIM_AT:
+            self._delete(base, stale)
         return True
 
     def sweep(self, prefix: str, keep: int = 2) -> int:

@@ -197,3 +197,47 @@ def test_truncated_and_mutated_blocks_raise_clear_errors():
             if pos + planes.PLANE.size <= len(m):
                 planes.PLANE.pack_into(m, pos, planes.RAW, 2 ** 62)
                 attempt(bytes(m))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=12), st.integers(0, 7))
+def test_builder_assembles_pieces_into_the_bytes_it_returns(pieces, skew):
+    """What FileReader.read returns for a read spanning blocks: every piece copied once into
+    the bytes object itself, from bytes, memoryviews and (unaligned) numpy slices alike."""
+    b = _kernels.Builder(sum(map(len, pieces)))
+    at = 0
+    for k, p in enumerate(pieces):
+        if k % 3 == 1:
+            src = memoryview(p)
+        elif k % 3 == 2:
+            src = np.frombuffer(bytes(skew) + p, dtype=np.uint8)[skew:]
+        else:
+            src = p
+        b.put(at, src)
+        at += len(p)
+    out = b.take()
+    assert type(out) is bytes and out == b"".join(pieces)
+
+
+def test_builder_refuses_what_does_not_fit_and_never_returns_unwritten_memory():
+    b = _kernels.Builder(8)
+    with pytest.raises(ValueError, match="do not fit"):
+        b.put(5, b"abcd")
+    with pytest.raises(ValueError, match="do not fit"):
+        b.put(-1, b"a")
+    with pytest.raises(ValueError, match="do not fit"):
+        b.put(9, b"")
+    b.put(0, b"abcd")
+    with pytest.raises(ValueError, match="4 of 8 bytes were put"):
+        b.take()
+    b.put(4, b"efgh")
+    assert b.take() == b"abcdefgh"
+    with pytest.raises(ValueError, match="already taken"):
+        b.take()
+    with pytest.raises(ValueError, match="already taken"):
+        b.put(0, b"x")
+    with pytest.raises(ValueError):
+        _kernels.Builder(-1)
+    with pytest.raises(TypeError):
+        _kernels.Builder(4).put(0, "not a buffer")
+    assert _kernels.Builder(0).take() == b""

@@ -320,6 +320,106 @@ done:
     return result;
 }
 
+/* Builder: a bytes object filled piece by piece before anyone sees it, so a read that spans
+ * several decoded blocks is copied once into the bytes it returns (numpy's buffer and then
+ * tobytes() was two copies). The bytes object stays private to the builder until take(). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *bytes;    /* NULL once taken */
+    Py_ssize_t size;
+    Py_ssize_t filled;  /* bytes put so far (pieces never overlap) */
+} Builder;
+
+static int Builder_init(Builder *self, PyObject *args, PyObject *kwds) {
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return -1;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "a negative size");
+        return -1;
+    }
+    Py_CLEAR(self->bytes);
+    self->bytes = PyBytes_FromStringAndSize(NULL, n);
+    if (!self->bytes) return -1;
+    self->size = n;
+    self->filled = 0;
+    return 0;
+}
+
+static void Builder_dealloc(Builder *self) {
+    Py_XDECREF(self->bytes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(put_doc,
+"put(at, src)\n--\n\n"
+"Copy the buffer ``src`` into the bytes being built, from offset ``at``. Raises ValueError\n"
+"where it would not fit; the copy runs without the GIL.");
+
+static PyObject *Builder_put(Builder *self, PyObject *args) {
+    Py_ssize_t at;
+    Py_buffer src;
+    if (!PyArg_ParseTuple(args, "ny*", &at, &src)) return NULL;
+    if (!self->bytes) {
+        PyBuffer_Release(&src);
+        PyErr_SetString(PyExc_ValueError, "the bytes were already taken");
+        return NULL;
+    }
+    if (at < 0 || at > self->size || src.len > self->size - at) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes at %zd do not fit in %zd", src.len, at,
+                     self->size);
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    PyObject *keep = self->bytes;       /* alive while the GIL is released */
+    Py_INCREF(keep);
+    char *dst = PyBytes_AS_STRING(keep) + at;
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(dst, src.buf, (size_t)src.len);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(keep);
+    self->filled += src.len;
+    PyBuffer_Release(&src);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(take_doc,
+"take()\n--\n\n"
+"The bytes built (once); ValueError unless pieces of ``size`` bytes in all were put\n"
+"(never uninitialized memory).");
+
+static PyObject *Builder_take(Builder *self, PyObject *unused) {
+    if (!self->bytes) {
+        PyErr_SetString(PyExc_ValueError, "the bytes were already taken");
+        return NULL;
+    }
+    if (self->filled != self->size) {
+        PyErr_Format(PyExc_ValueError, "%zd of %zd bytes were put", self->filled, self->size);
+        return NULL;
+    }
+    PyObject *b = self->bytes;
+    self->bytes = NULL;
+    return b;
+}
+
+static PyMethodDef Builder_methods[] = {
+    {"put", (PyCFunction)Builder_put, METH_VARARGS, put_doc},
+    {"take", (PyCFunction)Builder_take, METH_NOARGS, take_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BuilderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "corafs.codecs._kernels.Builder",
+    .tp_basicsize = sizeof(Builder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR("Builder(size): a bytes object of size bytes, filled by put(), "
+                        "returned by take()"),
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Builder_init,
+    .tp_dealloc = (destructor)Builder_dealloc,
+    .tp_methods = Builder_methods,
+};
+
 static PyMethodDef methods[] = {
     {"decode", k_decode, METH_VARARGS, decode_doc},
     {"encode", k_encode, METH_VARARGS, encode_doc},
@@ -333,8 +433,15 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__kernels(void) {
+    if (PyType_Ready(&BuilderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    Py_INCREF(&BuilderType);
+    if (PyModule_AddObject(m, "Builder", (PyObject *)&BuilderType) < 0) {
+        Py_DECREF(&BuilderType);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "KEY", KIND_KEY) < 0 ||
         PyModule_AddIntConstant(m, "XOR", KIND_XOR) < 0 ||
         PyModule_AddIntConstant(m, "SUB", KIND_SUB) < 0 ||

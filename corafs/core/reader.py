@@ -2,11 +2,12 @@
 read any byte range of a stored file through its extent table.
 
 A file recipe's extents are ``(length, object id, offset in the decoded object)``; a read finds
-its first extent with ``numpy.searchsorted`` over cumulative offsets and splices."""
+its first extent by bisection over cumulative offsets and splices."""
 from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import threading
 from concurrent.futures import Future
 from typing import Iterator, Optional
@@ -14,6 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .. import codecs
+from ..codecs._kernels import Builder
 from ..config import DEFAULT
 from ..errors import CorafsError, CorruptObject
 from .objects import data_id
@@ -158,18 +160,19 @@ class FileReader:
         self.decoder = decoder
         self.manifest = manifest
         ext = manifest["extents"]
-        self.lens = np.asarray(ext["len"], dtype=np.int64)
+        # plain lists: a read looks up a few extents, where numpy's per-call cost (2 us a
+        # searchsorted, 100 ns a scalar) is what shows, not its loops
+        self.lens: list[int] = [int(n) for n in ext["len"]]
         self.objs = ext["obj"]
-        self.offs = np.asarray(ext["off"], dtype=np.int64)
-        self.starts = np.zeros(len(self.lens) + 1, dtype=np.int64)
-        np.cumsum(self.lens, out=self.starts[1:])
+        self.offs: list[int] = [int(o) for o in ext["off"]]
+        self.starts: list[int] = [0, *itertools.accumulate(self.lens)]
         self.size = int(manifest["size"])
 
     def close(self) -> None:
         """Nothing to release: decoded blocks belong to the shared cache."""
 
     def extent_at(self, offset: int) -> int:
-        return int(np.searchsorted(self.starts, offset, side="right")) - 1
+        return bisect.bisect_right(self.starts, offset) - 1
 
     def read(self, offset: int, size: int, view: bool = False, pool=None):
         """``size`` bytes from ``offset`` (fewer at the end). With ``view``, a read-only
@@ -180,26 +183,30 @@ class FileReader:
             return b""
         end = min(self.size, offset + size)
         i = self.extent_at(offset)
-        start = int(self.starts[i])
-        if end <= start + int(self.lens[i]):       # inside one extent: one copy, or none
-            o = int(self.offs[i]) + offset - start
+        start = self.starts[i]
+        if end <= start + self.lens[i]:       # inside one extent: one copy, or none
+            o = self.offs[i] + offset - start
             obj = self.decoder.raw(self.objs[i])
             if view:
                 return memoryview(obj)[o:o + end - offset]
             return obj[o:o + end - offset].tobytes()
-        out = np.empty(end - offset, dtype=np.uint8)     # every byte is written below
+        # every byte is written below, once: into a buffer the caller may view, or straight
+        # into the bytes returned (Builder); both copies run without the GIL
+        out = np.empty(end - offset, dtype=np.uint8) if view else Builder(end - offset)
         pos = offset
         j = self.extent_at(end - 1) + 1
         for i, obj in self._decoded(i, j, pool):
-            start = int(self.starts[i])
-            ln = int(self.lens[i])
+            start = self.starts[i]
+            ln = self.lens[i]
             a = pos - start
             b = min(ln, end - start)
-            o = int(self.offs[i])
-            # a numpy copy (not a memoryview one): large copies run without the GIL
-            out[pos - offset:pos - offset + (b - a)] = obj[o + a:o + b]
+            o = self.offs[i]
+            if view:
+                out[pos - offset:pos - offset + (b - a)] = obj[o + a:o + b]
+            else:
+                out.put(pos - offset, obj[o + a:o + b])
             pos += b - a
-        return memoryview(out) if view else out.tobytes()
+        return memoryview(out) if view else out.take()
 
     def _decoded(self, i0: int, i1: int, pool=None, ahead: Optional[int] = None):
         """``(i, decoded object)`` for extents ``i0 .. i1-1`` in order. With a thread pool,
@@ -244,8 +251,8 @@ class FileReader:
         """The whole file, in order. With a thread pool, objects are decoded ahead of the
         consumer in parallel (``_decoded``)."""
         for i, obj in self._decoded(0, len(self.objs), pool, ahead):
-            o = int(self.offs[i])
-            yield memoryview(obj)[o:o + int(self.lens[i])]
+            o = self.offs[i]
+            yield memoryview(obj)[o:o + self.lens[i]]
 
 
 def read_plan(manifest: dict, size: int) -> list[tuple[int, int]]:

@@ -54,7 +54,7 @@ def pack(split_planes: list, level: int) -> bytes:
         if plane.size == 0:
             out.append(PLANE.pack(RAW, 0))
             continue
-        z = zstd.compress(plane, level)
+        z = zstd.compress_plane(plane, level)
         if len(z) < plane.size * 0.98:
             out += [PLANE.pack(ZSTD, len(z)), z]
         else:

@@ -108,3 +108,10 @@ def test_fsck_names_broken_file(tmp_path, work):
     p = run_cli("fsck", repo, check=False)
     assert p.returncode != 0
     assert "BROKEN" in p.stdout
+
+
+def test_doctor_on_a_local_path_says_there_is_nothing_to_probe(tmp_path):
+    for path, what in ((tmp_path / "missing", "no such directory yet"),
+                       (tmp_path, "a local directory, no repository yet")):
+        out = run_cli("doctor", path).stdout
+        assert what in out and "no service to probe" in out

@@ -89,10 +89,14 @@ def diagnose(spec: str) -> tuple[str, bool]:
     conditions, under ``probe/`` in the bucket, deleted after)."""
     if not is_remote(spec):
         path = os.path.abspath(spec)
-        state = ("a repository" if os.path.isfile(os.path.join(path, CONFIG))
-                 else "no repository yet")
-        return (f"{path}: a local directory ({state}). Refs are files moved under a file lock "
-                "on this machine; there is no service to probe.", True)
+        if os.path.isfile(os.path.join(path, CONFIG)):
+            state = "a local repository"
+        elif os.path.isdir(path):
+            state = "a local directory, no repository yet"
+        else:
+            state = "no such directory yet"
+        return (f"{path}: {state}. Local refs are files moved under a file lock on this "
+                "machine; there is no service to probe.", True)
     import json
     from .s3 import S3Store
     from .s3probe import probe

@@ -140,12 +140,17 @@ class S3Store(PackIndex, ObjectStore):
     #: refs as single objects moved with If-Match; such repositories migrate on first write)
     layout_format = 2
 
-    def get_config(self) -> Optional[bytes]:
-        """The newest generation of ``config/``, else ``corafs.json`` (the one written at init)."""
-        _n, body, _g = self.regs.read("config")
+    def _config(self) -> tuple[int, Optional[bytes], list[int]]:
+        """(generation, body, generations listed) of the config: the newest generation of
+        ``config/``, else ``corafs.json`` (the one written at init) as generation 0."""
+        n, body, gens = self.regs.read("config")
         if body is None:
             got = self.remote.get("corafs.json")
             body = got[0] if got else None
+        return n, body, gens
+
+    def get_config(self) -> Optional[bytes]:
+        _n, body, _g = self._config()
         if body is not None:
             try:
                 self._format = json.loads(body).get("format")
@@ -170,13 +175,9 @@ class S3Store(PackIndex, ObjectStore):
         overwritten."""
         self._upgrade()
         for _ in range(16):
-            n, body, gens = self.regs.read("config")
+            n, body, gens = self._config()
             if body is None:
-                got = self.remote.get("corafs.json")
-                if got is None:
-                    raise S3Error(f"s3://{self.bucket}/{self.remote.key('corafs.json')} is "
-                                  "missing")
-                body = got[0]
+                raise S3Error(f"s3://{self.bucket}/{self.remote.key('corafs.json')} is missing")
             cfg = change(json.loads(body))
             if self.regs.write("config", n, json.dumps(cfg, indent=2).encode(), gens):
                 return cfg
@@ -210,7 +211,7 @@ class S3Store(PackIndex, ObjectStore):
                         raise
             else:
                 raise self._cannot_migrate("corafs.json")
-            regs, plain = self.regs.scan("refs/")
+            _regs, plain = self.regs.scan("refs/")
             for rel in plain:
                 self._migrate_ref(rel)
             _regs, old_locks = self.regs.scan("locks/")
@@ -511,11 +512,11 @@ class S3Store(PackIndex, ObjectStore):
 
     # -- refs ---------------------------------------------------------------------------------
     def _ref_read(self, name: str) -> tuple[int, Optional[str], list[int]]:
-        """(generation, value, generations listed) of ``refs/<name>``; a ref of format 1 (a
-        plain object, not migrated yet) reads as generation 0."""
+        """(generation, value, generations listed) of ``refs/<name>``; in a format-1 repository
+        a ref still kept as a plain object (not migrated yet) reads as generation 0."""
         base = f"refs/{name}"
         n, body, gens = self.regs.read(base)
-        if n == 0:
+        if n == 0 and self._format == 1:
             got = self.remote.get(base)
             body = got[0] if got else None
         value = body.decode().strip() if body is not None else ""

@@ -149,14 +149,11 @@ def probe(remote: S3Bucket) -> Report:
             checks.append(Check(feature, "ignored", raced, False, True))
         else:
             checks.append(Check(feature, "not atomic", raced, False, True))
-        try:
-            r = client.head_object(Bucket=remote.bucket, Key=remote.key(made[0]))
-            server = r["ResponseMetadata"]["HTTPHeaders"].get("server", server)
-        except Exception:
-            pass
         # 2. If-Match on PUT: a stale ETag, the right one, a missing key
         rel = made[0]
-        etag = client.head_object(Bucket=remote.bucket, Key=remote.key(rel))["ETag"]
+        head = client.head_object(Bucket=remote.bucket, Key=remote.key(rel))
+        etag = head["ETag"]
+        server = head["ResponseMetadata"]["HTTPHeaders"].get("server", server)
         stale = _try(lambda: remote.put(rel, b"s", IfMatch=_WRONG_ETAG), strict=False)
         right = (_try(lambda: remote.put(rel, b"r", IfMatch=etag), strict=False)
                  if stale != "ok" else "-")

@@ -8,6 +8,8 @@ thread, as a commit and a read do it:
   delta decode      osub-planes-zstd against the newer version       (aim >= 1.5 GB/s)
   delta decode 2nd  osub2-planes-zstd against two newer versions
   encode            osub delta + planes + zstd, as re-encoding does  (aim >= 0.5 GB/s)
+  chain             the oldest of the run under 9 levels of deltas, decoded in one kernel
+                    call per block against the level-by-level decode the reader did before
 zstd (through the zstandard package) runs in both columns; the kernels replace the numpy
 arithmetic around it. Both produce the same bytes (tests/test_kernels.py). The kernels decode
 into buffers that were used before (as the mount's tuned heap and the block cache reuse
@@ -93,8 +95,8 @@ def measure(bl, repeat, level):
         lambda: [reference.decode_body("osub-planes-zstd", s, a.size, w, b)
                  for s, (_dt, w, a, b, _c) in zip(sub, bl)])
     row("zstd alone (osub)",
-        lambda: [planes.parse(s, a.size) for s, (_dt, w, a, b, _c) in zip(sub, bl)],
-        lambda: [planes.parse(s, a.size) for s, (_dt, w, a, b, _c) in zip(sub, bl)])
+        lambda: [_zstd_alone(s, a.size) for s, (_dt, w, a, b, _c) in zip(sub, bl)],
+        lambda: [_zstd_alone(s, a.size) for s, (_dt, w, a, b, _c) in zip(sub, bl)])
     row("delta decode (osub2)",
         lambda: [planes.decode(s, o.size, o, planes.SUB2, b, c)
                  for s, o, (_dt, w, a, b, c) in zip(sub2, outs, bl)],
@@ -106,6 +108,63 @@ def measure(bl, repeat, level):
                  for _dt, w, a, b, _c in bl])
     stored = sum(len(s) for s in sub) / total
     return total, rows, stored
+
+
+def _zstd_alone(body, raw_len):
+    _w, frames = planes.frames(body, raw_len)
+    return [zstd.decompress(f, raw_len) for m, f in frames if m == planes.ZSTD]
+
+
+def chain_rows(paths, repeat, level):
+    """The oldest of ``paths`` (oldest first) stored as a head-first chain (each version a
+    second-order delta against the two newer ones, the newest a keyframe), decoded block by
+    block: ``_kernels.chain`` (one call per block's chain, levels in scratch) against the
+    level-by-level decode the reader did before it (each level into a new array, checked
+    against its id, then the base of the next). (levels, MB/s of level bytes each way)."""
+    vs = [storages(p) for p in paths]
+    bs = DEFAULT.block_size
+    per_block = []                  # [(top raw, levels bottom first, keyframe, next-to-top)]
+    for name, (dtype, raw) in vs[-1].items():
+        dt = lookup(dtype)
+        if not dt.is_float:
+            continue
+        for off in range(0, raw.size, bs):
+            xs = [v[name][1][off:off + bs].copy() for v in vs]
+            if len({x.size for x in xs}) != 1 or not xs[0].size:
+                continue
+            w = codecs._width(dt, xs[0].size)
+            levels = []
+            for i in range(len(xs) - 2, -1, -1):            # newest delta first = bottom
+                b, b2 = xs[i + 1], xs[min(i + 2, len(xs) - 1)]
+                kind = planes.SUB2 if i + 2 < len(xs) else planes.SUB
+                body = planes.encode(xs[i], w, level, kind, b, b2)
+                levels.append((kind,) + planes.frames(body, xs[i].size))
+            per_block.append((xs[0], levels, xs[-1], xs[-2]))
+    from corafs.codecs import _kernels
+    from corafs.core.objects import data_id
+    outs = [np.empty(top.size, dtype=np.uint8) for top, *_ in per_block]
+
+    def native():
+        for (top, levels, key, _n), out in zip(per_block, outs):
+            _kernels.chain(levels, key, None, out, planes.scratch_for(top.size, len(levels)))
+            data_id(out)
+
+    def by_level():
+        for top, levels, key, _n in per_block:
+            below2, below = None, key
+            for kind, w, frames in levels:
+                new = np.empty(top.size, dtype=np.uint8)
+                _kernels.chain([(kind, w, frames)], below, below2 if kind == planes.SUB2
+                               else None, new, planes.scratch_for(top.size, 1))
+                data_id(new)
+                below2, below = below, new
+
+    native()
+    for (top, *_), out in zip(per_block, outs):
+        assert out.tobytes() == top.tobytes()
+    total = sum(top.size * len(levels) for top, levels, *_ in per_block)
+    return (len(per_block[0][1]), total / best(native, repeat) / 1e6,
+            total / best(by_level, repeat) / 1e6)
 
 
 def main():
@@ -127,6 +186,10 @@ def main():
                     aim=f">= {aim} MB/s" if aim else "")
         rep.row(f"{kind}: osub delta stored ({total / 1e6:.0f} MB of tensors)", stored,
                 "of raw")
+        depth, n_chain, n_levels = chain_rows([s[f] for s in series], a.repeat,
+                                              DEFAULT.zstd_level)
+        rep.row(f"{kind}: chain of {depth} deltas, per level", n_chain, "MB/s",
+                baseline=n_levels, baseline_what="level by level (the reader before)")
         # the planes' match table against zstd level 1's own, in the same run
         tuned = {what: n for what, n, _r, _x in rows}
         table, zstd.PLANE_HASH_LOG = zstd.PLANE_HASH_LOG, 14

@@ -11,11 +11,12 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-# gcc builds corafs's compiled kernels (and pyfuse3); libfuse3-dev and pkg-config pyfuse3;
+# gcc builds corafs's compiled kernels (and pyfuse3), which link libzstd (libzstd-dev);
+# libfuse3-dev and pkg-config pyfuse3;
 # TEST_TOOLS=1 (make test) adds the headless browser the report tests open the page in, and
 # Ceph's radosgw with the monitor and OSD it needs (the second real S3 implementation the S3
 # tests start on loopback; about 60 MB, without recommended packages)
-APT_PACKAGES="fuse3 libfuse3-dev pkg-config rsync sqlite3 gcc"
+APT_PACKAGES="fuse3 libfuse3-dev pkg-config rsync sqlite3 gcc libzstd-dev"
 CEPH_PACKAGES=""
 if [ "${TEST_TOOLS:-0}" = 1 ]; then
   APT_PACKAGES="$APT_PACKAGES chromium-headless-shell"

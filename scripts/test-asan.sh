@@ -15,7 +15,7 @@ read -r include suffix < <("$PY" -c \
   "import sysconfig as s; print(s.get_paths()['include'], s.get_config_var('EXT_SUFFIX'))")
 gcc -shared -fPIC -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=address \
   -fsanitize-address-use-after-scope -Wall -Wextra -Wno-unused-parameter -Werror \
-  -I"$include" corafs/codecs/_kernels.c -o "$build/corafs/codecs/_kernels$suffix"
+  -I"$include" corafs/codecs/_kernels.c -lzstd -o "$build/corafs/codecs/_kernels$suffix"
 # python -S: no site processing, so the editable install's import hook does not map corafs to
 # this checkout; the environment's packages come through PYTHONPATH, the ASan copy first
 site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")

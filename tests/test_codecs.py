@@ -132,6 +132,72 @@ def test_corrupt_block_detected(repo, work, pos):
     assert e.value.oid == oid
 
 
+def _history_chain(tmp_path, work):
+    """A repository with one fp32 tensor committed 6 times head-first; the oldest version's
+    first block and the chain of blocks below it, top first (each a fused-planes delta)."""
+    import safetensors.numpy
+    from corafs import Repository
+    from tests.conftest import SMALL
+    r = Repository.init(str(tmp_path / "r"), tuning=SMALL)
+    r.background_reencode = False
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(64 << 8).astype(np.float32)
+    for _ in range(6):
+        w = w + (rng.standard_normal(w.size) * 1e-4).astype(np.float32)
+        safetensors.numpy.save_file({"w": w}, str(work / "m.safetensors"))
+        r.commit("main", {"m.safetensors": str(work / "m.safetensors")})
+        r.reencode()
+    t = r.get_meta(r.entry(r.resolve("main~5"), "m.safetensors")["id"])["tensors"][0]
+    chain = [r.tensor_manifest(t["id"])["blocks"][0][0]]
+    while codecs.chain_level(r.block_header(chain[-1]), r.store.read_block(chain[-1])):
+        chain.append(r.block_header(chain[-1]).base_ids[0])
+    return r, chain[:-1]                 # the keyframe below is not part of the chain
+
+
+def test_a_chain_decodes_in_one_call_and_only_its_top_is_cached(tmp_path, work):
+    from corafs.core.reader import BlockCache, Decoder
+    r, chain = _history_chain(tmp_path, work)
+    assert len(chain) >= 3
+    expected = r.decoder.raw(chain[0]).tobytes()
+    dec = Decoder(r.store, BlockCache(64 << 20))
+    assert dec.raw(chain[0]).tobytes() == expected
+    assert dec.decoded == len(chain) + 1                 # every level and the keyframe
+    assert dec.cache.contains(chain[0]) and not any(dec.cache.contains(o) for o in chain[1:])
+    # a version above a cached one decodes from there
+    dec2 = Decoder(r.store, BlockCache(64 << 20))
+    dec2.raw(chain[1])
+    before = dec2.decoded
+    assert dec2.raw(chain[0]).tobytes() == expected and dec2.decoded == before + 1
+    r.close()
+
+
+@pytest.mark.parametrize("where", ["raw plane", "zstd frame"])
+def test_a_damaged_level_inside_a_chain_is_named(tmp_path, work, where):
+    """A level in the middle of a chain holding wrong bytes (a flip inside a raw plane decodes
+    without error) or a damaged zstd frame: the top's check fails and the level-by-level
+    decode names the damaged block, not the one read."""
+    from corafs.codecs import planes
+    from corafs.core.reader import BlockCache, Decoder
+    from corafs.errors import CorruptObject
+    r, chain = _history_chain(tmp_path, work)
+    victim = chain[1]
+    payload = r.store.read_block(victim)
+    h = codecs.parse_header(payload)
+    _w, frames = planes.frames(memoryview(payload)[h.body_offset:], h.raw_len)
+    want = planes.RAW if where == "raw plane" else planes.ZSTD
+    j = next(j for j, (m, _) in enumerate(frames) if m == want)
+    # the middle of plane j in the payload: walk the body layout
+    pos = h.body_offset + 1
+    for k in range(j):
+        pos += planes.PLANE.size + planes.PLANE.unpack_from(payload, pos)[1]
+    pos += planes.PLANE.size + planes.PLANE.unpack_from(payload, pos)[1] // 2
+    dec = Decoder(_Flip(r.store, victim, pos), BlockCache(64 << 20))
+    with pytest.raises(CorruptObject) as e:
+        dec.raw(chain[0])
+    assert e.value.oid == victim
+    r.close()
+
+
 @pytest.mark.parametrize("width", [1, 2, 4, 8])
 @pytest.mark.parametrize("misaligned", [False, True])
 @pytest.mark.parametrize("compressible", [False, True])

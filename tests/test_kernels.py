@@ -241,3 +241,106 @@ def test_builder_refuses_what_does_not_fit_and_never_returns_unwritten_memory():
     with pytest.raises(TypeError):
         _kernels.Builder(4).put(0, "not a buffer")
     assert _kernels.Builder(0).take() == b""
+
+
+# -- chain(): a whole delta chain in one call ---------------------------------------------------
+@st.composite
+def chains(draw):
+    """(width, versions, kinds, offset): versions oldest first (version 0 the bottom's second
+    base, 1 its base, i+2 what level i decodes to), each a small step from the one before or
+    random; the transform each level is stored with (level 0 may be a keyframe)."""
+    w = draw(st.sampled_from([1, 2, 4, 8]))
+    n = draw(st.integers(0, 200))
+    levels = draw(st.integers(1, 7))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    info = np.iinfo(UINT[w])
+    v = [rng.integers(0, int(info.max), n, dtype=UINT[w], endpoint=True)]
+    k = min(n, len(SPECIAL[w]))
+    if k:
+        v[0][rng.choice(n, k, replace=False)] = np.array(SPECIAL[w][:k], dtype=UINT[w])
+    for _ in range(levels + 1):
+        step = rng.integers(0, 4, n).astype(UINT[w])
+        v.append(v[-1] + step if draw(st.booleans()) else
+                 rng.integers(0, int(info.max), n, dtype=UINT[w], endpoint=True))
+    kinds = [draw(st.sampled_from([planes.KEY, planes.XOR, planes.SUB, planes.SUB2]))]
+    kinds += [draw(st.sampled_from([planes.XOR, planes.SUB, planes.SUB2]))
+              for _ in range(levels - 1)]
+    return w, [a.view(np.uint8) for a in v], kinds, draw(st.integers(0, 7))
+
+
+@pytest.mark.smoke
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chains())
+def test_chain_decodes_like_the_levels_one_by_one(case):
+    """Level i (stored against version i+1 and, second order, i) decoded on top of the one
+    below equals the oracle's level-by-level decode, for every mix of transforms and widths,
+    raw and zstd planes, with the top written to an unaligned buffer."""
+    w, v, kinds, off = case
+    base2, base = v[0], v[1]
+    levels = []
+    for i, kind in enumerate(kinds):
+        x = v[i + 2]
+        b, b2 = (v[i + 1], v[i]) if kind != planes.KEY else (None, None)
+        body = planes.encode(x, w, 1, kind, b, b2)
+        levels.append((kind,) + planes.frames(body, x.size))
+        # the oracle: this level alone, against its own bases
+        d = ref.planes_decode(body, x.size)
+        back = d if kind == planes.KEY else UNDO[kind](
+            d, (b.copy(), b2.copy()) if kind == planes.SUB2 else b.copy(), w)
+        assert back.tobytes() == x.tobytes()
+    top = v[len(kinds) + 1]
+    out = _unaligned(np.zeros(top.size, dtype=np.uint8), off)
+    first = kinds[0]
+    needs_base = first != planes.KEY or (len(kinds) > 1 and kinds[1] == planes.SUB2)
+    _kernels.chain(levels, base if needs_base else None,
+                   base2 if first == planes.SUB2 else None, out,
+                   planes.scratch_for(top.size, len(levels)))
+    assert out.tobytes() == top.tobytes()
+
+
+def test_chain_arguments_and_damaged_frames_raise_clear_errors():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(4096).astype(np.float32).view(np.uint8)
+    b = a.copy()
+    b[::9] ^= 1
+    c = b.copy()
+    c[::5] ^= 2
+    lv1 = (planes.SUB,) + planes.frames(planes.encode(b, 4, 1, planes.SUB, a), a.size)
+    lv2 = (planes.SUB2,) + planes.frames(planes.encode(c, 4, 1, planes.SUB2, b, a), a.size)
+    out = np.empty(a.size, dtype=np.uint8)
+    sc = planes.scratch_for(a.size, 2)
+    _kernels.chain([lv1, lv2], a, None, out, sc)
+    assert out.tobytes() == c.tobytes()
+    bad = [
+        ([], a, None, out, sc),                                   # no level
+        ([lv1, lv2], None, None, out, sc),                         # the bottom's base missing
+        ([lv1, lv2], a[:-4], None, out, sc),                       # a short base
+        ([lv1, lv2], a, None, out, sc[:a.size]),                   # scratch too small
+        ([lv1, lv2], a, None, out[:-4], sc),                       # output of another length
+        ([lv1, (planes.KEY,) + lv2[1:]], a, None, out, sc),         # a keyframe above the bottom
+        ([(planes.SUB2,) + lv1[1:]], a, None, out, sc),            # second base missing
+        ([(planes.SUB, 4, lv1[2][:3])], a, None, out, sc),         # too few planes
+        ([(planes.SUB, 4, [(2, p) for _, p in lv1[2]])], a, None, out, sc),  # unknown mode
+        ([(9, 4, lv1[2])], a, None, out, sc),                      # unknown kind
+        ([("x", 4, lv1[2])], a, None, out, sc),                    # not a level
+    ]
+    for args in bad:
+        with pytest.raises((ValueError, TypeError)):
+            _kernels.chain(*args)
+    # damaged zstd frames, truncated or mutated, at any level: a ValueError naming it
+    zs = [j for j, (m, _) in enumerate(lv2[2]) if m == planes.ZSTD]
+    assert zs
+    for _ in range(300):
+        j = zs[rng.integers(len(zs))]
+        frame = bytearray(lv2[2][j][1])
+        if rng.integers(2):
+            frame = frame[:rng.integers(0, len(frame))]
+        else:
+            for pos in rng.integers(0, len(frame), rng.integers(1, 4)):
+                frame[pos] = rng.integers(0, 256)
+        pl = list(lv2[2])
+        pl[j] = (planes.ZSTD, bytes(frame))
+        try:
+            _kernels.chain([lv1, (planes.SUB2, 4, pl)], a, None, out, sc)
+        except ValueError as e:
+            assert "level 1 plane" in str(e)

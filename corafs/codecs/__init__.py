@@ -20,7 +20,7 @@ from typing import Callable, ClassVar, Optional
 import numpy as np
 
 from ..dtypes import DType, lookup
-from . import lossy as _lossy, planes, zstd
+from . import _kernels, lossy as _lossy, planes, zstd
 from .base import Codec
 
 MAGIC = b"CB\x01"
@@ -285,6 +285,29 @@ def decode_block(payload, get_base: Callable[[str], np.ndarray]) -> np.ndarray:
     out = c.decode(memoryview(payload)[h.body_offset:], lookup(h.dtype), h.raw_len, base)
     if out.size != h.raw_len:
         raise ValueError(f"decoded {out.size} bytes, header says {h.raw_len}")
+    return out
+
+
+def chain_level(h: BlockHeader, payload) -> Optional[tuple[int, int, list]]:
+    """A delta block as one level of ``_kernels.chain``: ``(kind, width, planes)``, its planes
+    still compressed; None for a block that is not a fused byte-planes delta (a keyframe, a
+    lossy codec), which is decoded on its own. ValueError for a malformed block."""
+    c = REGISTRY.get(h.codec)
+    if not isinstance(c, _DeltaPlanes):
+        return None
+    if len(h.base_ids) != c.bases:
+        raise ValueError(f"codec {h.codec} with {len(h.base_ids)} base id(s) in its header")
+    width, frames = planes.frames(memoryview(payload)[h.body_offset:], h.raw_len)
+    return c.kind, width, frames
+
+
+def decode_chain(levels: list, base: np.ndarray, base2: Optional[np.ndarray],
+                 raw_len: int) -> np.ndarray:
+    """Decode ``levels`` (``chain_level`` tuples, bottom first, each a delta against the one
+    below) on top of ``base`` (and ``base2``, the bottom's second base) in one call: the
+    intermediate levels stay in this thread's scratch buffer, only the top is returned."""
+    out = np.empty(raw_len, dtype=np.uint8)
+    _kernels.chain(levels, base, base2, out, planes.scratch_for(raw_len, len(levels)))
     return out
 
 

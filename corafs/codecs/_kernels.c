@@ -25,6 +25,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <zstd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "corafs's kernels read elements as little-endian words: a big-endian build needs byte swaps"
@@ -107,39 +108,68 @@ DEFINE_WIDTH(2, uint16_t)
 DEFINE_WIDTH(4, uint32_t)
 DEFINE_WIDTH(8, uint64_t)
 
-/* Width 4, keyframe and SUB: the hot cases of fp32 history, written so that gcc vectorizes
- * the plane merge (four byte loads widened and shifted) without the generic loop's calls. */
-static void decode4_key(const uint8_t *const *pl, uint8_t *out, Py_ssize_t n) {
-    const uint8_t *p0 = pl[0], *p1 = pl[1], *p2 = pl[2], *p3 = pl[3];
-    uint32_t *o = (uint32_t *)out;     /* callers pass 4-aligned buffers (checked) */
-    for (Py_ssize_t i = 0; i < n; i++)
-        o[i] = (uint32_t)p0[i] | ((uint32_t)p1[i] << 8) | ((uint32_t)p2[i] << 16) |
-               ((uint32_t)p3[i] << 24);
-}
-
-static void decode4_sub(const uint8_t *const *pl, const uint8_t *b, uint8_t *out,
-                        Py_ssize_t n) {
-    const uint8_t *p0 = pl[0], *p1 = pl[1], *p2 = pl[2], *p3 = pl[3];
-    const uint32_t *bb = (const uint32_t *)b;
-    uint32_t *o = (uint32_t *)out;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t z = (uint32_t)p0[i] | ((uint32_t)p1[i] << 8) | ((uint32_t)p2[i] << 16) |
-                     ((uint32_t)p3[i] << 24);
-        uint32_t d = (z >> 1) ^ (0u - (z & 1u));
-        uint32_t x = bb[i];
-        uint32_t ob = x ^ ((0u - (x >> 31)) >> 1);
-        uint32_t r = d + ob;
-        o[i] = r ^ ((0u - (r >> 31)) >> 1);
+/* Widths 2 and 4 (bf16/fp16 and fp32, the hot cases of history), every transform, written so
+ * that gcc vectorizes them: plane bytes loaded and widened, no calls, restrict pointers. */
+#define DEFINE_FAST(W, T)                                                                      \
+    static void fast##W(int kind, const uint8_t *const *pl, const uint8_t *restrict b,         \
+                        const uint8_t *restrict b2, uint8_t *restrict out, Py_ssize_t n) {     \
+        const uint8_t *restrict p0 = pl[0], *restrict p1 = pl[1];                             \
+        const uint8_t *restrict p2 = W > 2 ? pl[2] : NULL, *restrict p3 = W > 2 ? pl[3] : NULL; \
+        const T *restrict bb = (const T *)b, *restrict bb2 = (const T *)b2;                  \
+        T *restrict o = (T *)out;                                                              \
+        const T top = (T)1 << (8 * W - 1), lowmask = (T)(top - 1);                             \
+        (void)top; (void)p2; (void)p3;                                                         \
+        switch (kind) {                                                                        \
+        case KIND_KEY:                                                                         \
+            for (Py_ssize_t i = 0; i < n; i++)                                                 \
+                o[i] = FAST_MERGE##W(i);                                                       \
+            break;                                                                             \
+        case KIND_XOR:                                                                         \
+            for (Py_ssize_t i = 0; i < n; i++)                                                 \
+                o[i] = (T)(FAST_MERGE##W(i) ^ bb[i]);                                          \
+            break;                                                                             \
+        case KIND_SUB:                                                                         \
+            for (Py_ssize_t i = 0; i < n; i++) {                                               \
+                T z = FAST_MERGE##W(i);                                                        \
+                T d = (T)((z >> 1) ^ (T)(0 - (z & 1)));                                        \
+                T x = bb[i];                                                                   \
+                T r = (T)(d + (T)(x ^ ((T)(0 - (x >> (8 * W - 1))) & lowmask)));              \
+                o[i] = (T)(r ^ ((T)(0 - (r >> (8 * W - 1))) & lowmask));                       \
+            }                                                                                  \
+            break;                                                                             \
+        case KIND_SUB2:                                                                        \
+            for (Py_ssize_t i = 0; i < n; i++) {                                               \
+                T z = FAST_MERGE##W(i);                                                        \
+                T d = (T)((z >> 1) ^ (T)(0 - (z & 1)));                                        \
+                T x = bb[i], y = bb2[i];                                                       \
+                T ox = (T)(x ^ ((T)(0 - (x >> (8 * W - 1))) & lowmask));                       \
+                T oy = (T)(y ^ ((T)(0 - (y >> (8 * W - 1))) & lowmask));                       \
+                T r = (T)(d + (T)((T)(ox << 1) - oy));                                         \
+                o[i] = (T)(r ^ ((T)(0 - (r >> (8 * W - 1))) & lowmask));                       \
+            }                                                                                  \
+            break;                                                                             \
+        }                                                                                      \
     }
-}
+#define FAST_MERGE2(i) (uint16_t)((uint16_t)p0[i] | ((uint16_t)p1[i] << 8))
+#define FAST_MERGE4(i) ((uint32_t)p0[i] | ((uint32_t)p1[i] << 8) | ((uint32_t)p2[i] << 16) |     \
+                        ((uint32_t)p3[i] << 24))
+DEFINE_FAST(2, uint16_t)
+DEFINE_FAST(4, uint32_t)
 
 static int aligned(const void *p, size_t a) { return ((uintptr_t)p % a) == 0; }
 
 static void run_decode(int kind, int w, const uint8_t *const *pl, const uint8_t *b,
                        const uint8_t *b2, uint8_t *out, Py_ssize_t n) {
-    if (w == 4 && aligned(out, 4) && (kind == KIND_KEY || (kind == KIND_SUB && aligned(b, 4)))) {
-        if (kind == KIND_KEY) decode4_key(pl, out, n);
-        else decode4_sub(pl, b, out, n);
+    /* the fast loops read and write whole elements: aligned buffers only (the generic ones
+     * below copy bytes) */
+    int ok = aligned(out, w) && (kind < KIND_XOR || aligned(b, w)) &&
+             (kind != KIND_SUB2 || aligned(b2, w));
+    if (ok && w == 4) {
+        fast4(kind, pl, b, b2, out, n);
+        return;
+    }
+    if (ok && w == 2) {
+        fast2(kind, pl, b, b2, out, n);
         return;
     }
     switch (w) {
@@ -320,6 +350,206 @@ done:
     return result;
 }
 
+/* -- chain(): a whole delta chain in one call -------------------------------------------- */
+#define CHAIN_PAD 1600       /* 25 cache lines: 200 bytes between planes, 1600 between levels */
+#define CHAIN_SLACK 4096     /* what scratch holds beyond (1 + ring) strides (Python adds it) */
+typedef struct {
+    int kind, w;
+    int mode[MAX_WIDTH];        /* 0 raw, 1 zstd */
+    Py_buffer pv[MAX_WIDTH];
+    int held;                   /* planes whose buffer is held */
+} Level;
+
+static void release_levels(Level *lv, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++) release(lv[i].pv, lv[i].held);
+}
+
+/* One level from its tuple (kind, width, ((mode, buffer), ...)); -1 with an exception set. */
+static int parse_level(PyObject *item, Level *lv, Py_ssize_t i, Py_ssize_t raw_len) {
+    PyObject *planes;
+    lv->held = 0;
+    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "iiO", &lv->kind, &lv->w, &planes)) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "level %zd is not a (kind, width, planes) tuple", i);
+        return -1;
+    }
+    if (check_kind_width(lv->kind, lv->w) < 0) return -1;
+    if (i > 0 && lv->kind == KIND_KEY) {
+        PyErr_Format(PyExc_ValueError, "level %zd is a keyframe above the chain's bottom", i);
+        return -1;
+    }
+    if (raw_len % lv->w) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes are not a whole number of %d-byte elements",
+                     raw_len, lv->w);
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(planes, "planes must be a sequence of (mode, buffer)");
+    if (!seq) return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != lv->w) {
+        PyErr_Format(PyExc_ValueError, "level %zd: %zd planes given for width %d", i,
+                     PySequence_Fast_GET_SIZE(seq), lv->w);
+        Py_DECREF(seq);
+        return -1;
+    }
+    Py_ssize_t n = raw_len / lv->w;
+    for (int j = 0; j < lv->w; j++) {
+        PyObject *pj = PySequence_Fast_GET_ITEM(seq, j);
+        if (!PyTuple_Check(pj) || !PyArg_ParseTuple(pj, "iy*", &lv->mode[j], &lv->pv[j])) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "level %zd plane %d is not (mode, buffer)", i, j);
+            Py_DECREF(seq);
+            return -1;
+        }
+        lv->held++;
+        if (lv->mode[j] != 0 && lv->mode[j] != 1) {
+            PyErr_Format(PyExc_ValueError, "level %zd plane %d has unknown mode %d", i, j,
+                         lv->mode[j]);
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (lv->mode[j] == 0 && lv->pv[j].len != n) {
+            PyErr_Format(PyExc_ValueError, "level %zd raw plane %d holds %zd bytes, expected %zd",
+                         i, j, lv->pv[j].len, n);
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+PyDoc_STRVAR(chain_doc,
+"chain(levels, base, base2, out, scratch)\n--\n\n"
+"Decode a chain of blocks in one call, bottom level first, into ``out`` (writable, the raw\n"
+"length of every level). A level is ``(kind, width, planes)``, each plane ``(mode, buffer)``:\n"
+"mode 0 the plane's bytes, mode 1 a zstd frame of them. The bottom level undoes ``kind``\n"
+"against ``base`` (and ``base2``), or is a keyframe; every level above undoes its own against\n"
+"the level below (a second-order level: the two below, the bottom's ``base`` being the\n"
+"second for the level above the bottom). Intermediate levels live in ``scratch`` (writable,\n"
+"at least ``(raw_len + 1664) * (1 + min(len(levels) - 1, 3)) + 4096`` bytes; planes are\n"
+"decompressed there too), so nothing is allocated per level; ``out`` must not overlap the\n"
+"others. zstd and the\n"
+"plane merges run without the GIL; ValueError names the level and plane of a bad frame.");
+
+static PyObject *k_chain(PyObject *self, PyObject *args) {
+    PyObject *levels, *base, *base2, *out, *scratch;
+    if (!PyArg_ParseTuple(args, "OOOOO", &levels, &base, &base2, &out, &scratch)) return NULL;
+    PyObject *seq = PySequence_Fast(levels, "levels must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t L = PySequence_Fast_GET_SIZE(seq);
+    if (L < 1 || L > 64) {
+        PyErr_Format(PyExc_ValueError, "a chain of %zd levels (1 to 64)", L);
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_buffer ov, sv, bases[2];
+    int held_out = 0, held_scratch = 0, held_bases = 0;
+    Py_ssize_t parsed = 0;
+    PyObject *result = NULL;
+    Level *lv = PyMem_Calloc((size_t)L, sizeof(Level));
+    if (!lv) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PyObject_GetBuffer(out, &ov, PyBUF_WRITABLE) < 0) goto done;
+    held_out = 1;
+    Py_ssize_t raw_len = ov.len;
+    for (Py_ssize_t i = 0; i < L; i++) {
+        int rc = parse_level(PySequence_Fast_GET_ITEM(seq, i), &lv[i], i, raw_len);
+        parsed = i + 1;
+        if (rc < 0) goto done;
+    }
+    {
+        /* the bottom's bases; a second-order level above a keyframe bottom needs ``base``
+         * (the version below the keyframe) as its second */
+        int need = bases_needed(lv[0].kind);
+        if (need < 1 && L > 1 && lv[1].kind == KIND_SUB2) need = 1;
+        if (get_bases(need == 2 ? KIND_SUB2 : need == 1 ? KIND_SUB : KIND_KEY, base, base2,
+                      &bases[0], &bases[1], raw_len, &held_bases) < 0)
+            goto done;
+    }
+    Py_ssize_t ring = L - 1 < 3 ? L - 1 : 3;
+    if (PyObject_GetBuffer(scratch, &sv, PyBUF_WRITABLE) < 0) goto done;
+    held_scratch = 1;
+    /* Planes and levels are laid out CHAIN_PAD bytes apart beyond their lengths: streams a
+     * power of two apart (planes of 1 MiB, blocks of 4 MiB) would all fall into the same
+     * cache sets, and the merge reads 4 planes and a base while writing the output. */
+    Py_ssize_t stride = (raw_len + 63) / 64 * 64 + CHAIN_PAD;
+    if (raw_len > (PY_SSIZE_T_MAX - CHAIN_SLACK) / 8 ||
+        sv.len < (1 + ring) * stride + CHAIN_SLACK) {
+        PyErr_Format(PyExc_ValueError, "scratch holds %zd bytes, %zd are needed", sv.len,
+                     (1 + ring) * stride + CHAIN_SLACK);
+        goto done;
+    }
+    {
+        uint8_t *planes_at = (uint8_t *)sv.buf;
+        uint8_t *rbuf[3] = {NULL, NULL, NULL};
+        for (Py_ssize_t r = 0; r < ring; r++) rbuf[r] = planes_at + (r + 1) * stride;
+        const uint8_t *b0 = held_bases > 0 ? (const uint8_t *)bases[0].buf : NULL;
+        const uint8_t *b1 = held_bases > 1 ? (const uint8_t *)bases[1].buf : NULL;
+        const char *zerr = NULL;
+        Py_ssize_t bad_level = -1, got = 0;
+        int bad_plane = -1, nomem = 0;
+        Py_BEGIN_ALLOW_THREADS
+        ZSTD_DCtx *dctx = ZSTD_createDCtx();
+        if (!dctx) nomem = 1;
+        for (Py_ssize_t i = 0; dctx && i < L && bad_level < 0; i++) {
+            int w = lv[i].w;
+            Py_ssize_t n = raw_len / w;
+            const uint8_t *pl[MAX_WIDTH];
+            for (int j = 0; j < w; j++) {
+                if (lv[i].mode[j] == 0) {
+                    pl[j] = (const uint8_t *)lv[i].pv[j].buf;
+                    continue;
+                }
+                uint8_t *dst = planes_at + (Py_ssize_t)j * (n + CHAIN_PAD / MAX_WIDTH);
+                size_t r = ZSTD_decompressDCtx(dctx, dst, (size_t)n, lv[i].pv[j].buf,
+                                               (size_t)lv[i].pv[j].len);
+                if (ZSTD_isError(r) || (Py_ssize_t)r != n) {
+                    zerr = ZSTD_isError(r) ? ZSTD_getErrorName(r) : NULL;
+                    got = ZSTD_isError(r) ? 0 : (Py_ssize_t)r;
+                    bad_level = i;
+                    bad_plane = j;
+                    break;
+                }
+                pl[j] = dst;
+            }
+            if (bad_level >= 0) break;
+            const uint8_t *b = i == 0 ? b0 : rbuf[(i - 1) % 3];
+            const uint8_t *b2 = i == 0 ? b1 : i == 1 ? b0 : rbuf[(i - 2) % 3];
+            uint8_t *dst = i == L - 1 ? (uint8_t *)ov.buf : rbuf[i % 3];
+            run_decode(lv[i].kind, w, pl, b, b2, dst, n);
+        }
+        ZSTD_freeDCtx(dctx);
+        Py_END_ALLOW_THREADS
+        if (nomem) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        if (bad_level >= 0) {
+            if (zerr)
+                PyErr_Format(PyExc_ValueError, "zstd: level %zd plane %d: %s", bad_level,
+                             bad_plane, zerr);
+            else
+                PyErr_Format(PyExc_ValueError, "level %zd plane %d holds %zd bytes, expected %zd",
+                             bad_level, bad_plane, got, raw_len / lv[bad_level].w);
+            goto done;
+        }
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    if (lv) {
+        release_levels(lv, parsed);
+        PyMem_Free(lv);
+    }
+    release(bases, held_bases);
+    if (held_scratch) PyBuffer_Release(&sv);
+    if (held_out) PyBuffer_Release(&ov);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* Builder: a bytes object filled piece by piece before anyone sees it, so a read that spans
  * several decoded blocks is copied once into the bytes it returns (numpy's buffer and then
  * tobytes() was two copies). The bytes object stays private to the builder until take(). */
@@ -423,6 +653,7 @@ static PyTypeObject BuilderType = {
 static PyMethodDef methods[] = {
     {"decode", k_decode, METH_VARARGS, decode_doc},
     {"encode", k_encode, METH_VARARGS, encode_doc},
+    {"chain", k_chain, METH_VARARGS, chain_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,6 +13,7 @@ Body layout: one byte ``width``, then per plane ``(mode: u8, length: u64 LE)`` a
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Optional
 
 import numpy as np
@@ -62,9 +63,10 @@ def pack(split_planes: list, level: int) -> bytes:
     return b"".join(out)
 
 
-def parse(body, raw_len: int) -> tuple[int, list]:
-    """(width, planes): each plane as a buffer of ``raw_len / width`` bytes (decompressed, or a
-    view of ``body``). ValueError for a body that does not describe ``raw_len`` bytes."""
+def frames(body, raw_len: int) -> tuple[int, list[tuple[int, memoryview]]]:
+    """(width, planes): each plane as ``(mode, view of body)``, still compressed, in the form
+    ``_kernels.chain`` takes. ValueError for a body whose layout does not describe ``raw_len``
+    bytes (a frame's contents are checked where it is decompressed)."""
     mv = memoryview(body)
     if len(mv) < 1:
         raise ValueError("empty planes body")
@@ -81,28 +83,41 @@ def parse(body, raw_len: int) -> tuple[int, list]:
         pos += PLANE.size
         if ln > len(mv) - pos:
             raise ValueError(f"plane {j} claims {ln} bytes, {len(mv) - pos} are left")
-        chunk = mv[pos:pos + ln]
-        pos += ln
-        if mode == ZSTD:
-            plane = zstd.decompress(chunk, n)
-        elif mode == RAW:
-            plane = chunk
-        else:
+        if mode not in (RAW, ZSTD):
             raise ValueError(f"plane {j} has unknown mode {mode}")
-        if len(plane) != n:
-            raise ValueError(f"plane {j} holds {len(plane)} bytes, expected {n}")
-        got.append(plane)
+        if mode == RAW and ln != n:
+            raise ValueError(f"plane {j} holds {ln} bytes, expected {n}")
+        got.append((mode, mv[pos:pos + ln]))
+        pos += ln
     if pos != len(mv):
         raise ValueError(f"{len(mv) - pos} bytes after the last plane")
     return width, got
+
+
+_local = threading.local()
+
+
+def scratch(nbytes: int) -> np.ndarray:
+    """This thread's work buffer for ``_kernels.chain``, at least ``nbytes`` long: kept and
+    reused, so decoding does not fault in fresh pages for every block (a decode of history
+    spent a third of its time in the kernel zeroing them)."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.size < nbytes:
+        buf = _local.scratch = np.empty(max(nbytes, 0), dtype=np.uint8)
+    return buf
+
+
+def scratch_for(raw_len: int, levels: int) -> np.ndarray:
+    """Scratch for a chain of ``levels`` blocks of ``raw_len`` bytes (``_kernels.chain``)."""
+    return scratch((raw_len + 1664) * (1 + min(levels - 1, 3)) + 4096)
 
 
 def decode(body, raw_len: int, out: Optional[np.ndarray] = None, kind: int = KEY,
            base=None, base2=None) -> np.ndarray:
     """Decode into a uint8 array of ``raw_len`` bytes (``out`` if given), undoing ``kind``
     against ``base`` (and ``base2``) in the same pass as the plane merge."""
-    width, got = parse(body, raw_len)
+    width, got = frames(body, raw_len)
     if out is None:
         out = np.empty(raw_len, dtype=np.uint8)
-    _kernels.decode(kind, width, got, base, base2, out)
+    _kernels.chain([(kind, width, got)], base, base2, out, scratch_for(raw_len, 1))
     return out

@@ -80,7 +80,7 @@ class Decoder:
         self._inflight: dict[str, "Future"] = {}
         self._lock = threading.Lock()
 
-    def raw(self, oid: str, _depth: int = 0) -> np.ndarray:
+    def raw(self, oid: str, _depth: int = 0, _payload=None) -> np.ndarray:
         arr = self.cache.get(oid)
         if arr is not None:
             return arr
@@ -98,7 +98,7 @@ class Decoder:
             return fut.result()
         stack.add(oid)
         try:
-            arr = self._decode(oid, _depth)
+            arr = self._decode(oid, _depth, _payload)
             fut.set_result(arr)
             return arr
         except BaseException as e:
@@ -109,24 +109,88 @@ class Decoder:
             with self._lock:
                 self._inflight.pop(oid, None)
 
-    def _decode(self, oid: str, _depth: int) -> np.ndarray:
+    def _decode(self, oid: str, _depth: int, payload=None) -> np.ndarray:
         if _depth > 64:
             raise CorruptObject(oid, "delta chain too deep (cycle?)")
-        payload = self.store.read_block(oid)
+        if payload is None:
+            payload = self.store.read_block(oid)
+        levels = 1
         try:
-            arr = codecs.decode_block(payload, lambda b: self.raw(b, _depth + 1))
+            arr, levels = self._decode_chain(oid, payload, _depth)
         except CorafsError:          # missing base objects, corrupt bases: already typed
             raise
         except Exception as e:       # codec errors vary (zstd, numpy, struct): all mean corrupt
             raise CorruptObject(oid, f"cannot decode: {e}") from None
         if data_id(arr) != oid:
-            raise CorruptObject(oid, "decoded bytes do not match the object id")
+            if levels == 1:
+                raise CorruptObject(oid, "decoded bytes do not match the object id")
+            # one of the chain's levels is damaged: decode level by level, each checked
+            # against its own id, so the error names the block that is
+            arr = self._decode_one(oid, payload, _depth)
+            levels = 1
+            if data_id(arr) != oid:
+                raise CorruptObject(oid, "decoded bytes do not match the object id")
         arr.flags.writeable = False
         with self._lock:
-            self.decoded += 1
-            self.decoded_bytes += arr.nbytes
+            self.decoded += levels
+            self.decoded_bytes += arr.nbytes * levels
         self.cache.put(oid, arr)
         return arr
+
+    def _decode_one(self, oid: str, payload, _depth: int, below=None) -> np.ndarray:
+        """``oid`` decoded on top of its bases, each got (and checked) through ``raw``
+        (``below``: the id and payload of one already read)."""
+        def base(b):
+            return self.raw(b, _depth + 1, below[1] if below and below[0] == b else None)
+        try:
+            return codecs.decode_block(payload, base)
+        except CorafsError:
+            raise
+        except Exception as e:
+            raise CorruptObject(oid, f"cannot decode: {e}") from None
+
+    def _decode_chain(self, oid: str, payload, _depth: int) -> tuple[np.ndarray, int]:
+        """(bytes of ``oid``, how many blocks were decoded for it). The run of fused-planes
+        deltas below ``oid``, down to a block that is cached, a keyframe or another codec,
+        is decoded in one kernel call (``codecs.decode_chain``): its intermediate levels are
+        neither copied out, nor checked, nor cached; the top is checked by the caller, which
+        a damaged level below fails too (each level is a bijection of the one below)."""
+        chain = []                    # (oid, header, level), top first
+        cur, pl = oid, payload
+        seen = {oid}
+        stack = _tls.stack
+        while True:
+            try:
+                h = codecs.parse_header(pl)
+                lvl = codecs.chain_level(h, pl)
+            except ValueError:
+                if not chain:
+                    raise
+                break                 # a damaged block below: decoding it names it
+            if lvl is None:
+                break
+            if chain and chain[-1][2][0] == codecs.planes.SUB2 and \
+                    chain[-1][1].base_ids[1] != h.base_ids[0]:
+                break                 # a second-order level whose bases are not a chain
+            chain.append((cur, h, lvl))
+            nxt = h.base_ids[0]
+            if nxt in seen or nxt in stack:
+                raise CorruptObject(nxt, "delta chain loops back on itself")
+            if len(chain) + _depth >= 64 or self.cache.contains(nxt) or nxt in self._inflight:
+                break                 # (one being decoded elsewhere is waited for, not redone)
+            seen.add(nxt)
+            cur, pl = nxt, self.store.read_block(nxt)
+        # the block below the chain was read already where the walk stopped at its codec
+        below = (cur, pl) if chain and cur == chain[-1][1].base_ids[0] else None
+        if len(chain) <= 1:
+            return self._decode_one(oid, payload, _depth, below), 1
+        bottom = chain[-1][1]
+        d = _depth + len(chain)
+        base = self.raw(bottom.base_ids[0], d, below and below[1])
+        base2 = self.raw(bottom.base_ids[1], d) if len(bottom.base_ids) > 1 else None
+        arr = codecs.decode_chain([c[2] for c in reversed(chain)], base, base2,
+                                  chain[0][1].raw_len)
+        return arr, len(chain)
 
     def prefetch(self, pool, oids) -> None:
         """Decode ``oids`` in the background (skipping cached and in-flight ones). A store

@@ -86,6 +86,40 @@ def test_api_head_is_keyframes_and_history_becomes_reverse_deltas(tmp_path, work
         _all_exact(r, want)
 
 
+def test_auto_head_judges_large_blocks_on_a_sample(tmp_path, work, monkeypatch):
+    """head_codec auto: a 1 MiB block of fp32 weights (zstd keeps ~0.83 of them) is stored raw
+    from a sample without compressing the whole block; low-entropy floats are compressed; a
+    block whose sample is near the line is compressed whole to decide. Reads are exact."""
+    from corafs.codecs import planes
+    sizes = []
+    real = planes.encode
+    monkeypatch.setattr(planes, "encode", lambda buf, *a, **k: (sizes.append(
+        np.asarray(buf).size), real(buf, *a, **k))[1])
+    rng = np.random.default_rng(0)
+    tensors = {"w": rng.standard_normal(1 << 18).astype(np.float32),        # one 1 MiB block
+               "q": rng.integers(0, 4, 1 << 18).astype(np.float32)}
+    safetensors.numpy.save_file(tensors, str(work / "m.safetensors"))
+    r = Repository.init(str(tmp_path / "r"), tuning=dataclasses.replace(
+        SMALL, block_size=1 << 20))
+    r.background_reencode = False
+    r.commit("main", {"m.safetensors": str(work / "m.safetensors")})
+    m = r.get_meta(r.entry(r.head("main"), "m.safetensors")["id"])
+    codec = {t["name"]: r.block_header(r.tensor_manifest(t["id"])["blocks"][0][0]).codec
+             for t in m["tensors"]}
+    assert codec == {"w": "raw", "q": "planes-zstd"}
+    assert sizes.count(1 << 20) == 1            # only "q" was compressed whole
+    assert sha256_bytes(r.read_file("main:m.safetensors")) == sha256_file(work / "m.safetensors")
+    # near the line: a sample keeping just above head_raw_above is not trusted
+    sizes.clear()
+    near = dataclasses.replace(r.tuning, head_raw_above=0.825)
+    r2 = Repository.init(str(tmp_path / "r2"), tuning=near)
+    r2.background_reencode = False
+    r2.commit("main", {"m.safetensors": str(work / "m.safetensors")})
+    assert sizes.count(1 << 20) == 2
+    r.close()
+    r2.close()
+
+
 def test_chains_stay_bounded_over_a_long_history(tmp_path, work):
     t = dataclasses.replace(SMALL, max_delta_depth=3, head_codec="raw")
     repo = Repository.init(str(tmp_path / "r"), tuning=t)

@@ -251,6 +251,17 @@ def _sample(a: np.ndarray, w: int) -> np.ndarray:
     return np.concatenate([a[i * step:i * step + _SAMPLE] for i in range(4)])
 
 
+def sampled_keep(raw: np.ndarray, dtype: str, level: int) -> Optional[float]:
+    """What fraction of its bytes a keyframe of ``raw`` would keep, judged on a sample (four
+    slices of 64 KiB); None for a block small enough to be encoded whole instead."""
+    dt = lookup(dtype)
+    w = _width(dt, raw.size)
+    if raw.size <= 8 * _SAMPLE:
+        return None
+    r = _sample(raw, w)
+    return len(planes.encode(r, w, level)) / r.size
+
+
 def _choose(raw: np.ndarray, dt: DType, base: np.ndarray, base2: Optional[np.ndarray]) -> str:
     w = _width(dt, raw.size)
     r, b = _sample(raw, w), _sample(base, w)

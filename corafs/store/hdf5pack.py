@@ -1,5 +1,5 @@
-"""The HDF5 pack file: writing one (a spool copied into one contiguous uint8 dataset, the
-object table beside it, fsynced and renamed) and reading objects from one (``os.pread`` at the
+"""The HDF5 pack file: writing one (objects spooled where the HDF5 file will hold them, one
+contiguous uint8 dataset, the object table beside it, fsynced and renamed) and reading objects from one (``os.pread`` at the
 offsets of the ``.idx`` table, O_DIRECT for large blocks, no HDF5 call on the read path)."""
 from __future__ import annotations
 
@@ -23,11 +23,44 @@ _DIRECT_OPEN = threading.Lock()
 DATA_ROW = b"@data"     # .idx header row: (file offset of the data, data length)
 
 
+def _make_h5(target, size: int, table: np.ndarray) -> Optional[int]:
+    """Create a pack's HDF5 file at ``target`` (a path, or an in-memory name for the core
+    driver): one contiguous uint8 dataset of ``size`` bytes allocated early and never filled
+    (HDF5 writes nothing there), then the object table. Where the data lies in the file."""
+    kw = {"driver": "core", "backing_store": False} if target is None else {}
+    with h5py.File(target or "corafs-probe.h5", "w", libver="latest", **kw) as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        space = h5py.h5s.create_simple((size,))
+        ds = h5py.h5d.create(f.id, b"data", h5py.h5t.NATIVE_UINT8, space, dcpl=dcpl)
+        offset = ds.get_offset()
+        f.create_dataset("ids", data=table["id"])
+        f.create_dataset("offsets", data=table["off"])
+        f.create_dataset("lengths", data=table["len"])
+        f.attrs["format"] = "corafs-pack-1"
+    return offset
+
+
+_DATA_AT: list[int] = []
+
+
+def data_offset() -> int:
+    """Where HDF5 puts a pack's data: the same for every pack this HDF5 library writes (what
+    comes before the data, the superblock and two object headers, does not depend on the
+    pack's size), measured once in memory."""
+    if not _DATA_AT:
+        _DATA_AT.append(_make_h5(None, 1, np.zeros(0, dtype=_IDX_DTYPE)) or 0)
+    return _DATA_AT[0]
+
+
 class PackWriter:
-    """One pack being written. Objects are appended to a plain spool file (os.write releases
-    the GIL); ``finish`` creates the HDF5 file with one contiguous uint8 dataset allocated
-    early, copies the spool into it at the offset HDF5 reports (copy_file_range, in the
-    kernel), writes the object table, fsyncs and renames."""
+    """One pack being written. Objects are appended to a spool file (os.write releases the GIL)
+    from the offset where HDF5 will put the pack's data (``data_offset``). ``finish`` creates
+    the HDF5 file (its data allocated, never written), then copies HDF5's own bytes, the few
+    KiB around the data, into the spool, which becomes the pack: the data is written once.
+    Where HDF5 put the data elsewhere after all, the data is copied into the HDF5 file instead
+    (copy_file_range, in the kernel). Then fsync and rename."""
 
     def __init__(self, directory: str, token: WriterToken):
         # the time first: when two packs hold one object, the newer encoding is preferred
@@ -36,9 +69,13 @@ class PackWriter:
         self.tmp = os.path.join(directory, f"{self.name}.w{token.token}.h5.tmp")
         self.spool_path = os.path.join(directory, f"{self.name}.w{token.token}.spool.tmp")
         self.final = os.path.join(directory, self.name + ".h5")
+        self.base = data_offset()
         self.spool = os.open(self.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.lseek(self.spool, self.base, os.SEEK_SET)
         self.size = 0
         self.table: list[tuple[str, int, int]] = []
+        #: whether the last finish() made the pack from the spool in place (tests read it)
+        self.in_place = False
 
     @property
     def nbytes(self) -> int:
@@ -54,31 +91,34 @@ class PackWriter:
 
     def finish(self) -> np.ndarray:
         table = np.array(self.table, dtype=_IDX_DTYPE)
-        with h5py.File(self.tmp, "w", libver="latest") as f:
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            space = h5py.h5s.create_simple((self.size,))
-            ds = h5py.h5d.create(f.id, b"data", h5py.h5t.NATIVE_UINT8, space, dcpl=dcpl)
-            offset = ds.get_offset()
-            f.create_dataset("ids", data=table["id"])
-            f.create_dataset("offsets", data=table["off"])
-            f.create_dataset("lengths", data=table["len"])
-            f.attrs["format"] = "corafs-pack-1"
+        offset = _make_h5(self.tmp, self.size, table)
         faults.point("pack")                    # the HDF5 file made, its data not copied
-        fd = os.open(self.tmp, os.O_WRONLY)
+        if self.size and offset is None:
+            self.abort()
+            raise OSError("HDF5 did not allocate the pack's data")
+        self.in_place = bool(self.size) and offset == self.base
         try:
-            if self.size:
-                if offset is None:
-                    raise OSError("HDF5 did not allocate the pack's data")
-                _copy_range(self.spool, fd, offset, self.size)
-            os.fsync(fd)
-            faults.point("pack")                # copied and durable, not renamed
+            if self.in_place:
+                # the spool holds the data where the HDF5 file has it: HDF5's bytes before
+                # and after it make the spool the very same file
+                _copy_around(self.tmp, self.spool, offset, self.size)
+                os.fsync(self.spool)
+                faults.point("pack")            # made and durable, not renamed
+                os.replace(self.spool_path, self.final)
+                os.unlink(self.tmp)
+            else:
+                fd = os.open(self.tmp, os.O_WRONLY)
+                try:
+                    if self.size:
+                        _copy_range(self.spool, fd, offset, self.size, self.base)
+                    os.fsync(fd)
+                    faults.point("pack")        # copied and durable, not renamed
+                finally:
+                    os.close(fd)
+                os.replace(self.tmp, self.final)
+                os.unlink(self.spool_path)
         finally:
-            os.close(fd)
             os.close(self.spool)
-            os.unlink(self.spool_path)
-        os.replace(self.tmp, self.final)
         fsync_dir(os.path.dirname(self.final))
         faults.point("pack")                    # in place, its .idx not written
         # the side table's first row says where the data lies, so readers need no h5py
@@ -104,8 +144,22 @@ class PackWriter:
                 os.unlink(p)
 
 
-def _copy_range(src: int, dst: int, dst_offset: int, n: int) -> None:
-    src_off, dst_off, left = 0, dst_offset, n
+def _copy_around(h5_path: str, dst: int, offset: int, size: int) -> None:
+    """Copy the bytes of the file at ``h5_path`` outside ``[offset, offset + size)`` into
+    ``dst`` at the same offsets, and give ``dst`` its length."""
+    with open(h5_path, "rb") as f:
+        head = f.read(offset)
+        f.seek(offset + size)
+        tail = f.read()
+    if len(head) != offset:
+        raise OSError(f"{h5_path}: {len(head)} bytes before the data, expected {offset}")
+    os.pwrite(dst, head, 0)
+    os.pwrite(dst, tail, offset + size)
+    os.ftruncate(dst, offset + size + len(tail))
+
+
+def _copy_range(src: int, dst: int, dst_offset: int, n: int, src_offset: int = 0) -> None:
+    src_off, dst_off, left = src_offset, dst_offset, n
     while left:
         try:
             k = os.copy_file_range(src, dst, left, src_off, dst_off)

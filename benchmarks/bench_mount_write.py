@@ -86,6 +86,11 @@ def main():
             with Repository(repo) as r:
                 sizes[name] = r.stats().stored_bytes
                 assert r.read_file("main:model.safetensors") == open(tuned_f, "rb").read()
+        # the daemon re-encodes the replaced version in the background; what unmount cut
+        # short stays queued and the next command finishes it (here: the API)
+        with Repository(repos["mount"]) as r:
+            r.reencode()
+            sizes["mount, re-encoded"] = r.stats().stored_bytes
         mb = size / 1e6
         base_t = t_cp + t_commit
         rep.row("1 GiB fine-tune: cp into the mount until the commit is visible", t_mount, "s",
@@ -94,7 +99,10 @@ def main():
         rep.row("mount: cp returns", t_mcp, "s", mb_s=mb / t_mcp)
         rep.row("local cp", t_cp, "s", mb_s=mb / t_cp)
         rep.row("corafs commit (CLI) of the copy", t_commit, "s", mb_s=mb / t_commit)
-        rep.row("stored bytes, through the mount", sizes["mount"], "B", baseline=sizes["cli"],
+        rep.row("stored bytes, through the mount, at unmount", sizes["mount"], "B",
+                baseline=sizes["cli"], baseline_what="through the CLI")
+        rep.row("stored bytes, through the mount, queued re-encoding done",
+                sizes["mount, re-encoded"], "B", baseline=sizes["cli"],
                 baseline_what="through the CLI", aim="equal")
         rep.row("daemon peak RSS during the 1 GiB ingest", rss1, "MB")
 

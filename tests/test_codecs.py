@@ -1,5 +1,7 @@
 """Every codec round-trips bit-exactly: dtypes, shapes, NaN payloads, +-Inf, -0.0, denormals,
 empty tensors."""
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -246,3 +248,39 @@ def test_a_delta_chain_decodes_bit_exact_with_kernels_and_reference(codec):
         ref = transforms.decode_body(codec, memoryview(payloads[i])[h.body_offset:], n * 4, 4,
                                      base)
         assert ref.tobytes() == raw[i].tobytes(), i
+
+
+def test_prefetch_queues_an_object_once_and_never_waits_on_one_in_flight(tmp_path, work):
+    """A reader asks for overlapping windows ahead: an object already queued, being decoded or
+    cached is not queued again, and a prefetch task whose object another thread is decoding
+    moves on instead of waiting for it (workers that did waited on each other, one decoding)."""
+    from concurrent.futures import Future
+    from corafs.core.reader import BlockCache, Decoder
+    r, chain = _history_chain(tmp_path, work)
+
+    class Pool:
+        def __init__(self):
+            self.tasks = []
+
+        def submit(self, fn, *a):
+            self.tasks.append((fn, a))
+
+    dec = Decoder(r.store, BlockCache(64 << 20))
+    pool = Pool()
+    dec.prefetch(pool, chain[:2])
+    dec.prefetch(pool, chain[:3] + chain[:1])
+    assert sorted(o for _fn, (g,) in pool.tasks for o in g) == sorted(chain[:3])
+    # chain[0] is being decoded by another thread: its task returns at once
+    dec._inflight[chain[0]] = Future()
+    fn, args = next(t for t in pool.tasks if t[1][0] == [chain[0]])
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (fn(*args), done.set()))
+    t.start()
+    assert done.wait(10), "the prefetch task waited on an object in flight elsewhere"
+    del dec._inflight[chain[0]]
+    for fn, args in pool.tasks:
+        fn(*args)
+    assert all(dec.cache.contains(o) for o in chain[1:3]) and not dec._queued
+    dec.prefetch(pool, chain[1:3])              # cached now: nothing more is queued
+    assert len(pool.tasks) == 3
+    r.close()

@@ -78,6 +78,8 @@ class Decoder:
         self.decoded = 0
         self.decoded_bytes = 0
         self._inflight: dict[str, "Future"] = {}
+        #: objects handed to the pool by ``prefetch`` and not started yet
+        self._queued: set[str] = set()
         self._lock = threading.Lock()
 
     def raw(self, oid: str, _depth: int = 0, _payload=None) -> np.ndarray:
@@ -197,7 +199,13 @@ class Decoder:
         that can fetch neighbouring objects in one request (``plan_fetch``: S3 coalesces
         nearby ranges of a pack into one GET) hands them out in groups, each fetched at once
         and then decoded, the groups in parallel."""
-        todo = [o for o in oids if not self.cache.contains(o) and o not in self._inflight]
+        with self._lock:
+            # what is queued, being decoded or cached is not queued again: a reader asks for
+            # overlapping windows, and workers that took the same object twice waited on each
+            # other (reading history through the mount, three of four workers did)
+            todo = [o for o in dict.fromkeys(oids) if o not in self._queued
+                    and o not in self._inflight and not self.cache.contains(o)]
+            self._queued.update(todo)
         for group in self.store.plan_fetch(todo):
             pool.submit(self._fetch_group, group)
 
@@ -208,7 +216,11 @@ class Decoder:
             except Exception:
                 pass        # each object is fetched on its own below, and errors reported
         for oid in group:
-            self._quiet(oid)
+            with self._lock:
+                self._queued.discard(oid)
+                busy = oid in self._inflight
+            if not busy:                # another thread is decoding it: nothing to wait for
+                self._quiet(oid)
 
     def _quiet(self, oid: str) -> None:
         try:

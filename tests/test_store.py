@@ -162,3 +162,26 @@ def test_a_pack_is_written_once_where_hdf5_puts_its_data(tmp_path, monkeypatch, 
         assert data[off:off + ln].tobytes() == objects[oid]
     s2 = LocalStore(str(tmp_path / "store"))
     assert all(bytes(s2.get(oid)) == d for oid, d in objects.items())
+
+
+def test_packs_started_at_once_from_threads_all_find_where_the_data_goes(monkeypatch):
+    """The first packs of a process may start together (the mount commits and re-encodes on
+    threads of their own): the offset is measured once, and measuring it in memory never
+    collides with another measurement (HDF5 refuses to create a file open under that name)."""
+    from corafs.store import hdf5pack
+    monkeypatch.setattr(hdf5pack, "_DATA_AT", [])
+    got, errors = [], []
+    start = threading.Barrier(8)
+
+    def first():
+        start.wait()
+        try:
+            got.append(hdf5pack.data_offset())
+        except Exception as e:
+            errors.append(e)
+    threads = [threading.Thread(target=first) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 8 and len(set(got)) == 1 and got[0] > 0

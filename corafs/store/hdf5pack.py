@@ -28,7 +28,9 @@ def _make_h5(target, size: int, table: np.ndarray) -> Optional[int]:
     driver): one contiguous uint8 dataset of ``size`` bytes allocated early and never filled
     (HDF5 writes nothing there), then the object table. Where the data lies in the file."""
     kw = {"driver": "core", "backing_store": False} if target is None else {}
-    with h5py.File(target or "corafs-probe.h5", "w", libver="latest", **kw) as f:
+    # an in-memory file still has a name, and HDF5 refuses to create one open elsewhere
+    name = target or f"corafs-probe-{uuid.uuid4().hex}.h5"
+    with h5py.File(name, "w", libver="latest", **kw) as f:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
@@ -43,15 +45,17 @@ def _make_h5(target, size: int, table: np.ndarray) -> Optional[int]:
 
 
 _DATA_AT: list[int] = []
+_DATA_AT_LOCK = threading.Lock()
 
 
 def data_offset() -> int:
     """Where HDF5 puts a pack's data: the same for every pack this HDF5 library writes (what
     comes before the data, the superblock and two object headers, does not depend on the
-    pack's size), measured once in memory."""
-    if not _DATA_AT:
-        _DATA_AT.append(_make_h5(None, 1, np.zeros(0, dtype=_IDX_DTYPE)) or 0)
-    return _DATA_AT[0]
+    pack's size), measured once in memory (once: packs are started from several threads)."""
+    with _DATA_AT_LOCK:
+        if not _DATA_AT:
+            _DATA_AT.append(_make_h5(None, 1, np.zeros(0, dtype=_IDX_DTYPE)) or 0)
+        return _DATA_AT[0]
 
 
 class PackWriter:

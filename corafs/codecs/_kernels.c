@@ -14,8 +14,9 @@
  * unsigned modular arithmetic: every transform is a bijection, NaN payloads, -0.0, infinities
  * and denormals come back exactly.
  *
- * decode() merges the planes and undoes the transform in one pass over memory; encode() applies
- * the transform and splits into planes in one pass. The numpy code in corafs/codecs/reference.py
+ * chain() decodes a block and the run of deltas above it: per level, libzstd decompresses the
+ * planes, and one pass over memory merges them and undoes the transform (a single block is a
+ * chain of one); encode() applies the transform and splits into planes in one pass. The numpy code in corafs/codecs/reference.py
  * defines the same arithmetic and is the test oracle (tests/test_kernels.py).
  *
  * Elements are little-endian (as safetensors and torch store them). Every length is checked
@@ -117,8 +118,8 @@ DEFINE_WIDTH(8, uint64_t)
         const uint8_t *restrict p2 = W > 2 ? pl[2] : NULL, *restrict p3 = W > 2 ? pl[3] : NULL; \
         const T *restrict bb = (const T *)b, *restrict bb2 = (const T *)b2;                  \
         T *restrict o = (T *)out;                                                              \
-        const T top = (T)1 << (8 * W - 1), lowmask = (T)(top - 1);                             \
-        (void)top; (void)p2; (void)p3;                                                         \
+        const T lowmask = (T)(((T)1 << (8 * W - 1)) - 1);                                      \
+        (void)p2; (void)p3;                                                                    \
         switch (kind) {                                                                        \
         case KIND_KEY:                                                                         \
             for (Py_ssize_t i = 0; i < n; i++)                                                 \
@@ -234,77 +235,6 @@ static void release(Py_buffer *views, int count) {
     for (int k = 0; k < count; k++) PyBuffer_Release(&views[k]);
 }
 
-PyDoc_STRVAR(decode_doc,
-"decode(kind, width, planes, base, base2, out)\n--\n\n"
-"Merge ``width`` byte planes (a sequence of buffers of n bytes each) into ``out`` (a writable\n"
-"buffer of n*width bytes), undoing transform ``kind`` (0 keyframe, 1 XOR, 2 ordered\n"
-"subtraction, 3 second order) against ``base`` (and ``base2``), each n*width bytes or None.\n"
-"Raises ValueError on any size that does not fit; runs without the GIL.");
-
-static PyObject *k_decode(PyObject *self, PyObject *args) {
-    int kind, w;
-    PyObject *planes, *base, *base2, *out;
-    if (!PyArg_ParseTuple(args, "iiOOOO", &kind, &w, &planes, &base, &base2, &out)) return NULL;
-    if (check_kind_width(kind, w) < 0) return NULL;
-    PyObject *seq = PySequence_Fast(planes, "planes must be a sequence of buffers");
-    if (!seq) return NULL;
-    if (PySequence_Fast_GET_SIZE(seq) != w) {
-        PyErr_Format(PyExc_ValueError, "%zd planes given for width %d",
-                     PySequence_Fast_GET_SIZE(seq), w);
-        Py_DECREF(seq);
-        return NULL;
-    }
-    Py_buffer pv[MAX_WIDTH], ov, bv, b2v;
-    int held_planes = 0, held_bases = 0, held_out = 0;
-    PyObject *result = NULL;
-    const uint8_t *pl[MAX_WIDTH];
-    Py_ssize_t n = -1;
-    for (int j = 0; j < w; j++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, j), &pv[j], PyBUF_SIMPLE) < 0)
-            goto done;
-        held_planes++;
-        if (n < 0) n = pv[j].len;
-        if (pv[j].len != n) {
-            PyErr_Format(PyExc_ValueError, "plane %d holds %zd bytes, expected %zd", j,
-                         pv[j].len, n);
-            goto done;
-        }
-        pl[j] = (const uint8_t *)pv[j].buf;
-    }
-    if (PyObject_GetBuffer(out, &ov, PyBUF_WRITABLE) < 0) goto done;
-    held_out = 1;
-    if (n > PY_SSIZE_T_MAX / w || ov.len != n * w) {
-        PyErr_Format(PyExc_ValueError, "output holds %zd bytes, the planes make %zd", ov.len,
-                     n * (Py_ssize_t)w);
-        goto done;
-    }
-    {
-        Py_buffer bases[2];
-        if (get_bases(kind, base, base2, &bases[0], &bases[1], n * w, &held_bases) < 0) {
-            release(bases, held_bases);
-            held_bases = 0;
-            goto done;
-        }
-        bv = bases[0];
-        b2v = bases[1];
-        const uint8_t *b = held_bases > 0 ? (const uint8_t *)bv.buf : NULL;
-        const uint8_t *b2 = held_bases > 1 ? (const uint8_t *)b2v.buf : NULL;
-        Py_BEGIN_ALLOW_THREADS
-        run_decode(kind, w, pl, b, b2, (uint8_t *)ov.buf, n);
-        Py_END_ALLOW_THREADS
-        if (held_bases > 0) PyBuffer_Release(&bv);
-        if (held_bases > 1) PyBuffer_Release(&b2v);
-        held_bases = 0;
-    }
-    Py_INCREF(Py_None);
-    result = Py_None;
-done:
-    if (held_out) PyBuffer_Release(&ov);
-    release(pv, held_planes);
-    Py_DECREF(seq);
-    return result;
-}
-
 PyDoc_STRVAR(encode_doc,
 "encode(kind, width, data, base, base2, out)\n--\n\n"
 "Apply transform ``kind`` to ``data`` (n*width bytes) against ``base`` (and ``base2``) and\n"
@@ -352,7 +282,34 @@ done:
 
 /* -- chain(): a whole delta chain in one call -------------------------------------------- */
 #define CHAIN_PAD 1600       /* 25 cache lines: 200 bytes between planes, 1600 between levels */
-#define CHAIN_SLACK 4096     /* what scratch holds beyond (1 + ring) strides (Python adds it) */
+
+/* Planes and levels are laid out CHAIN_PAD bytes apart beyond their lengths: streams a power of
+ * two apart (planes of 1 MiB, blocks of 4 MiB) would all fall into the same cache sets, and the
+ * merge reads 4 planes and a base while writing the output. The planes come first, then up to
+ * three intermediate levels (a second-order level reads the two below it); -1 for a size that
+ * does not fit in memory. */
+static Py_ssize_t chain_stride(Py_ssize_t raw_len) { return (raw_len + 63) / 64 * 64 + CHAIN_PAD; }
+
+static Py_ssize_t chain_scratch(Py_ssize_t raw_len, Py_ssize_t levels) {
+    Py_ssize_t ring = levels - 1 < 3 ? levels - 1 : 3;
+    if (raw_len < 0 || levels < 1 || raw_len > PY_SSIZE_T_MAX / 8) return -1;
+    return (1 + ring) * chain_stride(raw_len);
+}
+
+PyDoc_STRVAR(scratch_size_doc,
+"scratch_size(raw_len, levels)\n--\n\n"
+"The bytes of scratch ``chain`` needs for ``levels`` blocks of ``raw_len`` bytes.");
+
+static PyObject *k_scratch_size(PyObject *self, PyObject *args) {
+    Py_ssize_t raw_len, levels;
+    if (!PyArg_ParseTuple(args, "nn", &raw_len, &levels)) return NULL;
+    Py_ssize_t need = chain_scratch(raw_len, levels);
+    if (need < 0) {
+        PyErr_Format(PyExc_ValueError, "no scratch for %zd levels of %zd bytes", levels, raw_len);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(need);
+}
 typedef struct {
     int kind, w;
     int mode[MAX_WIDTH];        /* 0 raw, 1 zstd */
@@ -426,9 +383,8 @@ PyDoc_STRVAR(chain_doc,
 "against ``base`` (and ``base2``), or is a keyframe; every level above undoes its own against\n"
 "the level below (a second-order level: the two below, the bottom's ``base`` being the\n"
 "second for the level above the bottom). Intermediate levels live in ``scratch`` (writable,\n"
-"at least ``(raw_len + 1664) * (1 + min(len(levels) - 1, 3)) + 4096`` bytes; planes are\n"
-"decompressed there too), so nothing is allocated per level; ``out`` must not overlap the\n"
-"others. zstd and the\n"
+"at least ``scratch_size(raw_len, len(levels))`` bytes; planes are decompressed there too),\n"
+"so nothing is allocated per level; ``out`` must not overlap the others. zstd and the\n"
 "plane merges run without the GIL; ValueError names the level and plane of a bad frame.");
 
 static PyObject *k_chain(PyObject *self, PyObject *args) {
@@ -471,14 +427,9 @@ static PyObject *k_chain(PyObject *self, PyObject *args) {
     Py_ssize_t ring = L - 1 < 3 ? L - 1 : 3;
     if (PyObject_GetBuffer(scratch, &sv, PyBUF_WRITABLE) < 0) goto done;
     held_scratch = 1;
-    /* Planes and levels are laid out CHAIN_PAD bytes apart beyond their lengths: streams a
-     * power of two apart (planes of 1 MiB, blocks of 4 MiB) would all fall into the same
-     * cache sets, and the merge reads 4 planes and a base while writing the output. */
-    Py_ssize_t stride = (raw_len + 63) / 64 * 64 + CHAIN_PAD;
-    if (raw_len > (PY_SSIZE_T_MAX - CHAIN_SLACK) / 8 ||
-        sv.len < (1 + ring) * stride + CHAIN_SLACK) {
-        PyErr_Format(PyExc_ValueError, "scratch holds %zd bytes, %zd are needed", sv.len,
-                     (1 + ring) * stride + CHAIN_SLACK);
+    Py_ssize_t stride = chain_stride(raw_len), need = chain_scratch(raw_len, L);
+    if (need < 0 || sv.len < need) {
+        PyErr_Format(PyExc_ValueError, "scratch holds %zd bytes, %zd are needed", sv.len, need);
         goto done;
     }
     {
@@ -651,9 +602,9 @@ static PyTypeObject BuilderType = {
 };
 
 static PyMethodDef methods[] = {
-    {"decode", k_decode, METH_VARARGS, decode_doc},
     {"encode", k_encode, METH_VARARGS, encode_doc},
     {"chain", k_chain, METH_VARARGS, chain_doc},
+    {"scratch_size", k_scratch_size, METH_VARARGS, scratch_size_doc},
     {NULL, NULL, 0, NULL},
 };
 

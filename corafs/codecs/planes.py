@@ -109,7 +109,7 @@ def scratch(nbytes: int) -> np.ndarray:
 
 def scratch_for(raw_len: int, levels: int) -> np.ndarray:
     """Scratch for a chain of ``levels`` blocks of ``raw_len`` bytes (``_kernels.chain``)."""
-    return scratch((raw_len + 1664) * (1 + min(levels - 1, 3)) + 4096)
+    return scratch(_kernels.scratch_size(raw_len, levels))
 
 
 def decode(body, raw_len: int, out: Optional[np.ndarray] = None, kind: int = KEY,

@@ -1,6 +1,7 @@
 """The HDF5 pack file: writing one (objects spooled where the HDF5 file will hold them, one
-contiguous uint8 dataset, the object table beside it, fsynced and renamed) and reading objects from one (``os.pread`` at the
-offsets of the ``.idx`` table, O_DIRECT for large blocks, no HDF5 call on the read path)."""
+contiguous uint8 dataset, the object table beside it, fsynced and renamed) and reading objects
+from one (``os.pread`` at the offsets of the ``.idx`` table, O_DIRECT for large blocks, no HDF5
+call on the read path)."""
 from __future__ import annotations
 
 import errno

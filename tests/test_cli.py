@@ -1,4 +1,6 @@
 """The corafs command, run as a real subprocess."""
+import os
+
 import safetensors.torch
 import torch
 
@@ -115,3 +117,18 @@ def test_doctor_on_a_local_path_says_there_is_nothing_to_probe(tmp_path):
                        (tmp_path, "a local directory, no repository yet")):
         out = run_cli("doctor", path).stdout
         assert what in out and "no service to probe" in out
+
+
+def test_mount_refuses_a_cache_it_cannot_work_with(tmp_path):
+    """`--cache-size 2048` (meant as MiB, taken as bytes) is refused before anything mounts,
+    with the unit named; a size the mount works with passes the check (no FUSE needed)."""
+    from corafs.daemon.mount import MIN_CACHE, MountOptions
+    repo, mnt = tmp_path / "repo", tmp_path / "mnt"
+    mnt.mkdir()
+    run_cli("init", repo)
+    for size in ("2048", "1M", "63M"):
+        p = run_cli("mount", repo, mnt, "--cache-size", size, check=False)
+        assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+        assert "below what the mount works with" in p.stderr and "in bytes" in p.stderr
+        assert not any(mnt.iterdir()) and not os.path.ismount(mnt)
+    MountOptions(cache_size=MIN_CACHE).check()

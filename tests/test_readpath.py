@@ -221,3 +221,52 @@ def test_daemon_read_buffers_come_from_huge_pages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert int(out) >= 3 << 20, out             # all but the ends (2 MiB alignment)
+
+
+def test_decode_ahead_window_is_in_bytes_not_extents():
+    """A .pth interleaves each tensor's extent with its zip record header (tens of bytes):
+    the window decoded ahead of a whole-file reader (export, fsck, a mount's write-back)
+    spans ``ahead`` bytes of the file however many small extents lie between, and no more."""
+    from concurrent.futures import Future
+
+    from corafs.core.reader import BlockCache
+
+    MiB = 1 << 20
+    lens, objs = [], []
+    for k in range(12):
+        lens += [40, MiB]
+        objs += [f"h{k}", f"t{k}"]
+    manifest = {"size": sum(lens),
+                "extents": {"len": lens, "obj": objs, "off": [0] * len(lens)}}
+    log = []          # (object submitted, extents consumed so far)
+
+    class Decoder:
+        cache = BlockCache(64 * MiB)
+
+        def raw(self, oid):
+            return np.zeros(lens[objs.index(oid)], np.uint8)
+
+    class Pool:
+        _max_workers = 2
+
+        def submit(self, fn, oid):
+            log.append((oid, consumed))
+            f = Future()
+            f.set_result(fn(oid))
+            return f
+
+    reader = FileReader(Decoder(), manifest)
+    consumed = 0
+    for i, obj in reader._decoded(0, len(objs), Pool(), ahead=3 * MiB):
+        assert obj.size == lens[i]
+        queued = [objs.index(o) for o, c in log]
+        # past the extent consumed, what is queued stays within the window (plus the one
+        # extent that crosses it) and reaches it unless the file ends first
+        past = sum(lens[j] for j in queued if j > i)
+        assert past < 3 * MiB + MiB + 40
+        assert past >= 3 * MiB or max(queued) == len(objs) - 1
+        consumed += 1
+    assert sorted(o for o, _ in log) == sorted(objs)      # each object queued once
+    # before the consumer took anything, three tensors (3 MiB) were queued past the first
+    # extent: a window of four extents would have held two
+    assert sum(1 for o, c in log if c == 0 and o.startswith("t")) == 3

@@ -24,6 +24,10 @@ from .objects import data_id
 _tls = threading.local()
 
 
+#: bytes of a file decoded ahead of a reader, per worker thread (``FileReader._decoded``)
+AHEAD_PER_WORKER = 8 << 20
+
+
 class BlockCache:
     """LRU of decoded objects, bounded in bytes. Thread-safe."""
 
@@ -286,19 +290,28 @@ class FileReader:
 
     def _decoded(self, i0: int, i1: int, pool=None, ahead: Optional[int] = None):
         """``(i, decoded object)`` for extents ``i0 .. i1-1`` in order. With a thread pool,
-        the objects of up to ``ahead`` extents (default: two per worker) are decoded ahead of
+        the extents of up to ``ahead`` bytes past the one consumed (default
+        ``AHEAD_PER_WORKER`` per worker, at most a quarter of the cache) are decoded ahead of
         the consumer in parallel (the kernels and zstd release the GIL); a bounded window, so
-        a read larger than the cache does not evict what it decoded before using it."""
+        a read larger than the cache does not evict what it decoded before using it.
+
+        The window is in bytes, not extents: a .pth interleaves each tensor's extent with
+        one of its zip record header (tens of bytes), and a window of four extents kept two
+        workers half idle while the consumer wrote (export of a 109 MB version 9 deltas
+        deep: 0.87-0.95 s with four extents, 0.64-0.70 s with sixteen)."""
         if pool is None:
             for i in range(i0, i1):
                 yield i, self.decoder.raw(self.objs[i])
             return
         if ahead is None:
-            ahead = 2 * max(1, getattr(pool, "_max_workers", 4))
+            ahead = min(AHEAD_PER_WORKER * max(1, getattr(pool, "_max_workers", 4)),
+                        self.decoder.cache.max_bytes // 4)
+        starts = self.starts
         futures: dict[int, object] = {}
         nxt = i0
         for i in range(i0, i1):
-            while nxt < i1 and nxt <= i + ahead:
+            # decode through extent i, and on while what is queued past it is under ``ahead``
+            while nxt < i1 and (nxt <= i or starts[nxt] - starts[i + 1] < ahead):
                 if nxt == i0 or self.objs[nxt] != self.objs[nxt - 1]:
                     futures[nxt] = pool.submit(self.decoder.raw, self.objs[nxt])
                 nxt += 1

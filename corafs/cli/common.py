@@ -4,8 +4,6 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-from tqdm import tqdm
-
 from ..core import Repository
 from ..errors import CorafsError
 from . import fmt
@@ -13,6 +11,7 @@ from . import fmt
 
 @contextmanager
 def progress(total: int, desc: str):
+    from tqdm import tqdm      # here: most commands show no progress, and it costs 18 ms
     bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                file=sys.stderr, disable=None, leave=False)
     try:

@@ -5,7 +5,6 @@ import os
 import re
 import sys
 
-from ..daemon import MountOptions, mount, umount
 from ..errors import CorafsError
 
 
@@ -50,6 +49,7 @@ def add(cmd) -> None:
 
 
 def cmd_mount(a):
+    from ..daemon import MountOptions, mount
     if a.disk_cache_size:
         parse_size(a.disk_cache_size)                    # a bad size fails here
         os.environ["CORAFS_CACHE_SIZE"] = a.disk_cache_size   # the daemon inherits it
@@ -64,6 +64,7 @@ def cmd_mount(a):
 
 
 def cmd_umount(a):
+    from ..daemon import umount
     rep = umount(a.mountpoint)
     if rep.failures:
         print("background work failed while mounted (details in the mount log):",

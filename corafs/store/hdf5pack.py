@@ -11,7 +11,6 @@ import time
 import uuid
 from typing import Optional
 
-import h5py
 import numpy as np
 
 from . import faults
@@ -28,6 +27,7 @@ def _make_h5(target, size: int, table: np.ndarray) -> Optional[int]:
     """Create a pack's HDF5 file at ``target`` (a path, or an in-memory name for the core
     driver): one contiguous uint8 dataset of ``size`` bytes allocated early and never filled
     (HDF5 writes nothing there), then the object table. Where the data lies in the file."""
+    import h5py
     kw = {"driver": "core", "backing_store": False} if target is None else {}
     # an in-memory file still has a name, and HDF5 refuses to create one open elsewhere
     name = target or f"corafs-probe-{uuid.uuid4().hex}.h5"
@@ -187,6 +187,7 @@ class Pack:
         if where is not None:
             self.offset, self.length = where
         else:
+            import h5py
             with h5py.File(path, "r") as f:
                 ds = f["data"]
                 self.length = int(ds.shape[0])

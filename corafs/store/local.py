@@ -35,7 +35,6 @@ import re
 import threading
 from typing import Iterator, Optional
 
-import h5py
 import numpy as np
 
 from ..config import DEFAULT, Tuning
@@ -288,6 +287,7 @@ class LocalStore(FileRefs, PackIndex, ObjectStore):
                 self._add_pack(name, table)
 
     def _rebuild_idx(self, name: str):
+        import h5py
         path = os.path.join(self.objdir, name + ".h5")
         try:
             with h5py.File(path, "r") as f:
@@ -444,6 +444,7 @@ class LocalStore(FileRefs, PackIndex, ObjectStore):
             if not fn.endswith(".h5"):
                 continue
             try:
+                import h5py
                 with h5py.File(path, "r") as f:
                     n = f["data"].shape[0]
                     ends = f["offsets"][:] + f["lengths"][:]

@@ -218,7 +218,7 @@ def serve(repo_path: str, mp: str, opts: MountOptions, ready_fd: Optional[int]) 
         log.info("read cache: no huge pages (transparent_hugepage is off?); cold reads of "
                  "raw blocks are slower on disks that split O_DIRECT requests")
     repo = Repository(repo_path, tuning=dataclasses.replace(
-        DEFAULT, block_cache_bytes=max(64 << 20, opts.cache_size - working),
+        DEFAULT, block_cache_bytes=max(MIN_CACHE, opts.cache_size - working),
         workers=DEFAULT.mount_workers, direct_reads=True))
     for path, n in repo.store.clean_temporaries():   # what a killed writer left
         log.info("removed %s (%d bytes) left by an interrupted write", path, n)

@@ -439,12 +439,12 @@ class LocalStore(FileRefs, PackIndex, ObjectStore):
                 if not re.fullmatch(r"[0-9a-f]{64}", val):
                     yield (f"ref {rel}", "empty or not a commit id" if not val else
                            f"not a commit id: {val[:40]!r}")
+        import h5py
         for fn in sorted(os.listdir(self.objdir)):
             path = os.path.join(self.objdir, fn)
             if not fn.endswith(".h5"):
                 continue
             try:
-                import h5py
                 with h5py.File(path, "r") as f:
                     n = f["data"].shape[0]
                     ends = f["offsets"][:] + f["lengths"][:]
